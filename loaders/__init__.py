@@ -1,0 +1,1 @@
+"""Runtime readers for what `prep` writes. Needs only numpy (and torch for DataLoaders)."""

@@ -1,0 +1,183 @@
+"""`prep` command line: thin click commands that build a stage config and call the stage."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import yaml
+
+from prep import __version__
+from prep.config import TokenizeConfig, parse_size
+from prep.errors import PrepError
+
+
+def _load_config_file(ctx: click.Context, param, value):
+    """--config FILE.yaml: its keys (option names, - or _) become defaults; the command line wins."""
+    if value:
+        try:
+            data = yaml.safe_load(Path(value).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise click.BadParameter(f"{value}: {exc}") from None
+        if not isinstance(data, dict):
+            raise click.BadParameter(f"{value}: expected a mapping of option names to values")
+        ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
+    return value
+
+
+def _size(ctx, param, value):
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="prep")
+def main():
+    """Offline, deterministic, crash-safe preprocessing of training data.
+
+    Every stage writes its outputs under temporary names and a manifest.json last; rerun the
+    same command after a crash to resume, and get the same bytes whatever the worker count.
+    """
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
+@click.option("--tokenizer", required=True, help="Folder that transformers.AutoTokenizer loads, or a tokenizer.json.")
+@click.option("--recipe", type=click.Choice(["text"]), default="text", show_default=True,
+              help="text: each record's text is one pretraining document.")
+@click.option("--format", "format_", type=click.Choice(["megatron"]), default="megatron", show_default=True,
+              help="Output format: Megatron .bin/.idx indexed datasets.")
+@click.option("--text-key", "keys", multiple=True, default=["text"], show_default=True,
+              help="Record key to tokenize; repeat for several (one dataset per key, like Megatron's --json-keys).")
+@click.option("--eod/--no-eod", default=True, show_default=True, help="Append the tokenizer's EOS as EOD to every non-empty document.")
+@click.option("--bos/--no-bos", default=False, show_default=True, help="Prepend BOS to every non-empty document.")
+@click.option("--eod-token", default=None, help="Token to use as EOD instead of the tokenizer's EOS.")
+@click.option("--bos-token", default=None, help="Token to use as BOS instead of the tokenizer's own.")
+@click.option("--split-special-tokens", is_flag=True,
+              help="Encode literal special-token strings in the text (e.g. '<|endoftext|>') as plain text. "
+                   "Default: like HF and Megatron, such a string becomes its control id.")
+@click.option("--shard-size", "shard_tokens", callback=_size, default=None,
+              help="Start a new shard after the document that reaches this many tokens (e.g. 1G). Default: one dataset per key.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes. Default: the CPUs this process may use (affinity and Slurm aware).")
+@click.option("--unit-size", "unit_bytes", callback=_size, default=None,
+              help="Bytes of input per work unit (the grain of resume). Default: about 1/256 of the corpus, 8M..256M.")
+@click.option("--skip-invalid", is_flag=True, help="Skip bad records (counted by reason in the manifest) instead of stopping.")
+@click.option("--overwrite", is_flag=True, help="Replace output made with another configuration.")
+@click.option("--task", default=None, help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option("--backend", type=click.Choice(["auto", "fastokens", "hf"]), default="auto", show_default=True,
+              help="Tokenizer engine. auto: fastokens when it matches HF tokenizers on a probe, else HF.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=_load_config_file, is_eager=True,
+              expose_value=False, help="YAML file of options (names as on the command line).")
+def tokenize(inputs, output, tokenizer, recipe, format_, keys, eod, bos, eod_token, bos_token, split_special_tokens,
+             shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
+    """Tokenize INPUT files (JSONL[.gz|.zst], Parquet, HF save_to_disk folders) into Megatron datasets.
+
+    \b
+    Example:
+      prep tokenize corpus/*.jsonl.zst -o out/ --tokenizer path/to/tokenizer_dir --workers 16
+    """
+    from prep import plan, run
+
+    started = time.time()
+    workers = workers or plan.default_workers()
+    config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe, format=format_,
+                            keys=list(keys), eod=eod, bos=bos, eod_token=eod_token, bos_token=bos_token,
+                            split_special_tokens=split_special_tokens, shard_tokens=shard_tokens, unit_bytes=unit_bytes,
+                            workers=workers, skip_invalid=skip_invalid, backend=backend)
+    task_id, tasks = plan.parse_task(task)
+    progress = sys.stderr.isatty() if progress is None else progress
+    log = lambda message: click.echo(message, err=True)  # noqa: E731
+    job = run.prepare(config, overwrite, log)
+    if job["complete"]:
+        log(f"{output}: already complete (same configuration); nothing to do")
+        _summary(json.loads((Path(output) / "manifest.json").read_text()), None, time.time() - started)
+        return
+    log(f"tokenizer: {job['tokenizer']['backend']}; dtype {job['dtype']}; {workers} worker(s)")
+    units = plan.units_of(json.loads((Path(job["workdir"]) / "plan.json").read_text()))
+    mine = plan.task_units(units, task_id, tasks)
+    totals = run.run_units(job, mine, workers, progress)
+    wall = time.time() - started
+    if tasks > 1:
+        log(f"task {task_id}/{tasks}: {totals['units']} unit(s) run, {totals['skipped_units']} already done, "
+            f"{totals['records']:,} documents, {totals['tokens']:,} tokens in {wall:.1f}s")
+        log(f"when every task is done: prep finalize {output}")
+        return
+    manifest = run.finalize(job, {"wall_s": round(wall, 3), "workers": workers})
+    _summary(manifest, totals, time.time() - started)
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+def finalize(output):
+    """Merge the parts of a finished Slurm array into shards and write the manifest."""
+    from prep import run
+
+    started = time.time()
+    out = Path(output)
+    if (out / "manifest.json").exists():
+        click.echo(f"{output}: already complete", err=True)
+        return
+    job_file = out / ".prep" / "job.json"
+    if not job_file.exists():
+        raise PrepError(f"{output}: no prep run here (no .prep/job.json)")
+    job = {**json.loads(job_file.read_text()), "complete": False}
+    manifest = run.finalize(job, {"wall_s": None})
+    _summary(manifest, None, time.time() - started)
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@click.option("--megatron/--no-megatron", default=True, show_default=True,
+              help="Also read every shard through Megatron-Core's IndexedDataset when it is installed.")
+def verify(output, megatron):
+    """Check checksums, sizes and counts of a finished output, and read it through the real reader."""
+    from prep.verify import verify as run_verify
+
+    problems = run_verify(Path(output), megatron)
+    if problems:
+        for problem in problems:
+            click.echo(f"FAIL {problem}", err=True)
+        raise PrepError(f"{output}: {len(problems)} problem(s)")
+    click.echo(f"{output}: OK")
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+def inspect(output):
+    """Statistics of a finished output, and the Megatron --data-path string for it."""
+    from prep.verify import describe
+
+    click.echo(describe(Path(output)))
+
+
+def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
+    out = Path(manifest.get("_dir", ".")) if "_dir" in manifest else None
+    stats = manifest["stats"]
+    bytes_in = sum(i["bytes"] for i in manifest["inputs"])
+    bytes_out = sum(s["bin"]["bytes"] + s["idx"]["bytes"] for d in manifest["datasets"].values() for s in d["shards"])
+    lines = [
+        f"documents   {stats['documents']:,}" + (f" ({stats['empty_documents']:,} empty)" if stats["empty_documents"] else ""),
+        f"tokens      {stats['tokens']:,}",
+        f"bytes in    {bytes_in / 1e6:,.1f} MB in {len(manifest['inputs'])} file(s)",
+        f"bytes out   {bytes_out / 1e6:,.1f} MB in {sum(len(d['shards']) for d in manifest['datasets'].values())} shard(s)",
+    ]
+    if stats["skipped_total"]:
+        lines.append(f"skipped     {stats['skipped_total']:,}: " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items()))
+    if totals is not None and totals["bytes"]:
+        lines.append(f"this run    {totals['bytes'] / 1e6:,.1f} MB, {totals['tokens']:,} tokens in {wall:.2f}s: "
+                     f"{totals['bytes'] / 1e6 / wall:,.1f} MB/s, {totals['tokens'] / wall:,.0f} tokens/s"
+                     + (f" ({totals['skipped_units']} unit(s) resumed from an earlier run)" if totals["skipped_units"] else ""))
+    else:
+        lines.append(f"wall        {wall:.2f}s")
+    for key, dataset in manifest["datasets"].items():
+        lines.append(f"{key:<11} {dataset['dtype']}, " + " ".join(s["prefix"] for s in dataset["shards"]))
+    click.echo("\n".join(lines))
+    click.echo(f"manifest    {Path(manifest['config']['output']) / 'manifest.json'}")

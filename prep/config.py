@@ -1,0 +1,61 @@
+"""Stage configs and their fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from prep import __version__
+
+
+@dataclass
+class TokenizeConfig:
+    inputs: list[str]
+    output: str
+    tokenizer: str
+    recipe: str = "text"
+    format: str = "megatron"
+    keys: list[str] = field(default_factory=lambda: ["text"])
+    eod: bool = True
+    bos: bool = False
+    eod_token: str | None = None
+    bos_token: str | None = None
+    split_special_tokens: bool = False
+    shard_tokens: int | None = None
+    unit_bytes: int | None = None
+    workers: int = 1
+    skip_invalid: bool = False
+    backend: str = "auto"
+
+    # Options that change no output byte: left out of the fingerprint so that a run can be
+    # resumed with more workers, or with --skip-invalid after it stopped on a bad record.
+    RUNTIME = ("inputs", "output", "workers", "skip_invalid", "backend", "unit_bytes", "tokenizer")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def fingerprint(values: dict) -> str:
+    """sha256 over the canonical JSON of what determines the output bytes, plus the tool version."""
+    payload = json.dumps({"tool": f"prep {__version__}", **values}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def tokenize_fingerprint(config: TokenizeConfig, tokenizer_sha256: str, eod_id, bos_id, dtype: str) -> str:
+    values = {k: v for k, v in config.to_dict().items() if k not in TokenizeConfig.RUNTIME}
+    values.update(tokenizer_sha256=tokenizer_sha256, eod_id=eod_id, bos_id=bos_id, dtype=dtype)
+    return fingerprint(values)
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'64M', '1G', '500k', '1000' -> int (powers of 1024 for k/M/G/T)."""
+    if text is None or isinstance(text, int):
+        return text
+    text = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    value = float(number) * scale
+    if value <= 0 or value != int(value):
+        raise ValueError(f"not a positive size: {text!r}")
+    return int(value)

@@ -1,0 +1,50 @@
+"""The errors a user can cause: printed as one line, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import click
+
+
+class PrepError(click.ClickException):
+    """A one-line user-facing error; exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BadRecord(PrepError):
+    """A record that can't be used: `path:line: reason` (line None for file-level problems)."""
+
+    def __init__(self, path: str, line: int | None, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        super().__init__(self.where + ": " + reason)
+
+    @property
+    def where(self) -> str:
+        return self.path if self.line is None else f"{self.path}:{self.line}"
+
+    def __reduce__(self):  # crosses process boundaries intact
+        return (BadRecord, (self.path, self.line, self.reason))
+
+
+class Rejects:
+    """Bad records: raise the first (default), or count each reason and keep a few examples."""
+
+    def __init__(self, skip: bool, max_examples: int = 5):
+        self.skip = skip
+        self.max_examples = max_examples
+        self.counts: dict[str, int] = {}
+        self.examples: list[str] = []
+
+    def add(self, path, line, reason: str) -> None:
+        """`line` is an int, None, or a thunk (line numbers can be costly to find)."""
+        if not self.skip or len(self.examples) < self.max_examples:
+            line = line() if callable(line) else line
+            error = BadRecord(path, line, reason)
+            if not self.skip:
+                raise error
+            self.examples.append(str(error.format_message()))
+        category = reason.split(" (")[0]
+        self.counts[category] = self.counts.get(category, 0) + 1

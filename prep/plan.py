@@ -1,0 +1,116 @@
+"""Work units, their slicing across array tasks, done-records and resume.
+
+A plan depends only on the sorted inputs (paths and sizes) and the unit size, never on the
+number of workers or tasks, so every Slurm array task computes the same plan.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from prep import sources
+from prep.errors import PrepError
+
+WORKDIR = ".prep"
+MIN_UNIT, MAX_UNIT = 8 << 20, 256 << 20
+
+
+@dataclass(frozen=True)
+class Unit:
+    index: int
+    path: str
+    start: int
+    stop: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.index:07d}"
+
+
+def default_unit_bytes(total_bytes: int) -> int:
+    """About 256 units for the corpus, within [8 MiB, 256 MiB]: small enough to balance 2..N
+    workers, large enough that per-unit costs vanish."""
+    return min(MAX_UNIT, max(MIN_UNIT, -(-total_bytes // 256)))
+
+
+def make_plan(inputs: list[str], unit_bytes: int | None) -> dict:
+    files = sources.expand_inputs(inputs)
+    described = [{"path": str(p), "bytes": p.stat().st_size} for p in files]
+    unit_bytes = unit_bytes or default_unit_bytes(sum(f["bytes"] for f in described))
+    units = []
+    for path in files:
+        for start, stop in sources.plan_file(path, unit_bytes):
+            units.append(Unit(len(units), str(path), start, stop))
+    return {"inputs": described, "unit_bytes": unit_bytes, "units": [asdict(u) for u in units]}
+
+
+def units_of(plan: dict) -> list[Unit]:
+    return [Unit(**u) for u in plan["units"]]
+
+
+def task_units(units: list[Unit], task: int, tasks: int) -> list[Unit]:
+    """Round-robin slice of the units for array task `task` of `tasks` (0-based)."""
+    return [u for u in units if u.index % tasks == task]
+
+
+def parse_task(text: str | None) -> tuple[int, int]:
+    """--task I/N, else Slurm's array variables, else the whole job (0, 1)."""
+    if text:
+        try:
+            task, tasks = (int(x) for x in text.split("/"))
+        except ValueError:
+            raise PrepError(f"--task {text!r}: expected I/N, e.g. 3/16") from None
+    elif "SLURM_ARRAY_TASK_ID" in os.environ:
+        task = int(os.environ["SLURM_ARRAY_TASK_ID"]) - int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+        tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
+    else:
+        return 0, 1
+    if not 0 <= task < tasks:
+        raise PrepError(f"task {task} is outside 0..{tasks - 1}")
+    return task, tasks
+
+
+def default_workers() -> int:
+    """CPUs this process may use: its affinity mask, capped by Slurm's allocation."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    return max(1, min(cpus, int(slurm)) if slurm else cpus)
+
+
+def write_json_atomic(path: Path, value: dict) -> None:
+    """Write to a temporary name, fsync, rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def done_path(workdir: Path, unit: Unit) -> Path:
+    return workdir / "done" / f"{unit.id}.json"
+
+
+def load_done(workdir: Path, unit: Unit, fingerprint: str) -> dict | None:
+    """The unit's done-record if it finished under this fingerprint, else None."""
+    path = done_path(workdir, unit)
+    try:
+        record = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if record.get("fingerprint") != fingerprint or record.get("unit") != asdict(unit):
+        return None
+    return record

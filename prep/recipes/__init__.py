@@ -1,0 +1,1 @@
+"""Recipes: records -> token ids (+ loss masks), one module a recipe."""

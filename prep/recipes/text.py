@@ -1,0 +1,90 @@
+"""Pretraining text: each record's text under a key is one document, as Megatron-LM tokenizes it.
+
+`tools/preprocess_data.py` semantics (Encoder.encode): a string is one sequence; a list of
+strings is one sequence per non-empty string; EOD is appended to a document's last sequence
+only when the document has tokens, so an empty document has no sequences but still counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Documents:
+    """Encoded documents of one batch under one key."""
+
+    tokens: np.ndarray  # flat, output dtype
+    sequence_lengths: np.ndarray  # int32, one a sequence
+    document_sequences: np.ndarray  # int32, sequences per document (0 for an empty document)
+
+
+def texts_of(records: list[dict], key: str, reject) -> tuple[list[str], list[int], list[int]]:
+    """(sentences, document of each sentence, records kept): strings under `key`; others go to `reject(j, reason)`."""
+    sentences, owner, kept = [], [], []
+    for j, record in enumerate(records):
+        value = record.get(key, _MISSING)
+        if type(value) is str:
+            sentences.append(value)
+            owner.append(len(kept))
+            kept.append(j)
+            continue
+        if type(value) is list and all(type(v) is str for v in value):
+            sentences.extend(value)
+            owner.extend([len(kept)] * len(value))
+            kept.append(j)
+            continue
+        if value is _MISSING:
+            reason = f"missing key {key!r}"
+        elif value is None:
+            reason = f"key {key!r} is null"
+        else:
+            reason = f"key {key!r} is {_json_type(value)}, expected a string"
+        reject(j, reason)
+    return sentences, owner, kept
+
+
+def assemble(ids: np.ndarray, offsets: np.ndarray, owner: np.ndarray, n_documents: int,
+             eod: int | None, bos: int | None, dtype) -> Documents:
+    """Insert BOS/EOD around each non-empty document and derive Megatron's sequence lengths.
+
+    `ids`/`offsets` are the flat ids of every sentence; `owner[s]` is sentence s's document.
+    """
+    lengths = np.diff(offsets)
+    kept = np.flatnonzero(lengths > 0)
+    document = owner[kept]
+    sequence_lengths = lengths[kept]
+    first = np.ones(len(kept), bool)
+    first[1:] = document[1:] != document[:-1]
+    last = np.ones(len(kept), bool)
+    last[:-1] = document[1:] != document[:-1]
+    # EOD positions are listed before BOS positions: at a shared position (the end of one
+    # document, the start of the next) np.insert keeps that order, EOD then BOS.
+    positions, values = [], []
+    if eod is not None:
+        positions.append(offsets[kept[last] + 1])
+        values.append(np.full(int(last.sum()), eod, np.uint32))
+        sequence_lengths[last] += 1
+    if bos is not None:
+        positions.append(offsets[kept[first]])
+        values.append(np.full(int(first.sum()), bos, np.uint32))
+        sequence_lengths[first] += 1
+    tokens = np.insert(ids, np.concatenate(positions), np.concatenate(values)) if positions else ids
+    return Documents(
+        tokens=tokens.astype(dtype, copy=False),
+        sequence_lengths=sequence_lengths.astype(np.int32),
+        document_sequences=np.bincount(document, minlength=n_documents).astype(np.int32),
+    )
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
+
+
+def _json_type(value) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "a list of non-strings"}.get(type(value), type(value).__name__)

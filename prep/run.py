@@ -1,0 +1,254 @@
+"""The tokenize stage: plan, run units (a process pool), finalize; progress and summary.
+
+Workers write their own parts to disk, so nothing but small done-records crosses process
+boundaries. Output bytes depend on the plan order only, never on which worker ran a unit.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from loaders.formats import indexed
+from loaders.manifest import MANIFEST_NAME, ManifestError, load as load_manifest
+from prep import manifest as manifest_mod
+from prep import sources
+from prep.config import TokenizeConfig, tokenize_fingerprint
+from prep.errors import BadRecord, PrepError, Rejects
+from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
+                       write_json_atomic)
+from prep.recipes.text import assemble, texts_of
+from prep.tokenizer import Encoder, choose_backend, load_spec
+from prep.writers import megatron
+
+BATCH_BYTES = 4 << 20
+SAMPLE_BYTES = 256 << 10
+
+_STATE: dict = {}
+
+
+def _init_worker(state: dict) -> None:
+    # One process per core: each backend runs single-threaded; nested pools don't scale.
+    if state.get("single_thread"):
+        os.environ["RAYON_NUM_THREADS"] = "1"
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _STATE.clear()
+    _STATE.update(state)
+    _STATE["encoder"] = Encoder(state["tokenizer_json"], state["backend"], state["split_special_tokens"])
+
+
+def run_unit(unit: Unit) -> dict:
+    """Read, tokenize and write one unit's parts, then its done-record. Returns the record."""
+    s = _STATE
+    workdir, keys, dtype = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"])
+    rejects = Rejects(s["skip_invalid"])
+    writers = {key: megatron.PartWriter(workdir / "parts", unit, key, dtype) for key in keys}
+    records_in = 0
+    try:
+        for records, locate in sources.read_unit(unit.path, unit.start, unit.stop, keys, rejects, BATCH_BYTES):
+            records = _valid(records, keys, locate, unit.path, rejects)
+            records_in += len(records)
+            for key in keys:
+                sentences, owner, _ = texts_of(records, key, reject=None)  # all valid by now
+                ids, offsets = s["encoder"].encode(sentences)
+                docs = assemble(ids, offsets, np.asarray(owner, np.int64), len(records), s["eod_id"], s["bos_id"], dtype)
+                writers[key].write(docs.tokens, docs.sequence_lengths, docs.document_sequences)
+        counts = {key: writer.commit() for key, writer in writers.items()}
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "records": records_in,
+              "bytes": unit.stop - unit.start, "keys": counts, "skipped": rejects.counts, "examples": rejects.examples}
+    write_json_atomic(done_path(workdir, unit), record)
+    return record
+
+
+def _valid(records: list[dict], keys: list[str], locate, path: str, rejects: Rejects) -> list[dict]:
+    """Records usable under every key; a record bad under one key is rejected from all, so the
+    datasets of several keys keep the same documents."""
+    bad: dict[int, str] = {}
+    for key in keys:
+        texts_of(records, key, lambda j, reason: bad.setdefault(j, reason))
+    for j in sorted(bad):
+        rejects.add(path, lambda j=j: locate(j), bad[j])
+    return [r for j, r in enumerate(records) if j not in bad] if bad else records
+
+
+def _sample_texts(units: list[Unit], keys: list[str]) -> list[str]:
+    """Texts from the start of the corpus, for the tokenizer backend's exactness probe."""
+    if not units:
+        return []
+    try:
+        records, _ = next(iter(sources.read_unit(units[0].path, units[0].start, units[0].stop, keys, Rejects(skip=True), SAMPLE_BYTES)))
+    except (BadRecord, StopIteration):
+        return []
+    texts = []
+    for record in records:
+        for key in keys:
+            value = record.get(key)
+            texts.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return texts
+
+
+def _clear_outputs(out: Path) -> None:
+    """Remove what an earlier run wrote here (for --overwrite), and nothing else."""
+    try:
+        old = load_manifest(out)
+        for dataset in old["datasets"].values():
+            for shard in dataset["shards"]:
+                for f in (shard["bin"]["path"], shard["idx"]["path"]):
+                    (out / f).unlink(missing_ok=True)
+    except (ManifestError, KeyError, json.JSONDecodeError):
+        pass
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    shutil.rmtree(out / WORKDIR, ignore_errors=True)
+
+
+def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
+    """Resolve the tokenizer, check fingerprints, write or check the plan. Returns the job state."""
+    out = Path(config.output)
+    spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
+    if config.eod and spec.eod_id is None:
+        raise PrepError(f"{config.tokenizer}: the tokenizer has no EOS token to use as EOD; pass --eod-token TOKEN or --no-eod")
+    if config.bos and spec.bos_id is None:
+        raise PrepError(f"{config.tokenizer}: the tokenizer has no BOS token; pass --bos-token TOKEN or drop --bos")
+    dtype = indexed.optimal_dtype(spec.vocab_size)
+    fp = tokenize_fingerprint(config, spec.sha256, spec.eod_id if config.eod else None, spec.bos_id if config.bos else None, dtype.name)
+    workdir = out / WORKDIR
+    state_file = workdir / "job.json"
+    existing = None
+    if (out / MANIFEST_NAME).exists():
+        existing = json.loads((out / MANIFEST_NAME).read_text()).get("fingerprint")
+    elif state_file.exists():
+        existing = json.loads(state_file.read_text())["fingerprint"]
+    if existing is not None and existing != fp:
+        if not overwrite:
+            raise PrepError(f"{out}: holds output made with another configuration (fingerprint {existing}, now {fp}); "
+                            "rerun with the same options to resume, or pass --overwrite to replace it")
+        log(f"--overwrite: removing the earlier output in {out}")
+        _clear_outputs(out)
+    elif existing is not None and overwrite:
+        _clear_outputs(out)
+    if (out / MANIFEST_NAME).exists():
+        return {"complete": True, "out": str(out)}
+
+    plan = make_plan(config.inputs, config.unit_bytes)
+    (workdir / "parts").mkdir(parents=True, exist_ok=True)
+    (workdir / "done").mkdir(exist_ok=True)
+    plan_file = workdir / "plan.json"
+    if plan_file.exists():
+        saved = json.loads(plan_file.read_text())
+        if config.unit_bytes is None:  # keep the unit size the run started with
+            plan = make_plan(config.inputs, saved["unit_bytes"])
+        if saved != plan:
+            raise PrepError(f"{out}: the inputs changed since this output was started (files or sizes differ); "
+                            "restore them, or pass --overwrite to start again")
+    else:
+        write_json_atomic(plan_file, plan)
+    units = units_of(plan)
+    backend, backend_note = choose_backend(spec, config.backend, config.split_special_tokens, _sample_texts(units, config.keys))
+    if backend == "hf" and config.backend == "auto" and "differs" in backend_note:
+        click.echo(f"warning: {backend_note}", err=True)
+    job = {
+        "complete": False, "out": str(out), "workdir": str(workdir), "fingerprint": fp,
+        "config": config.to_dict(), "tokenizer": {**spec.manifest(), "dtype": dtype.name, "backend": backend_note},
+        "keys": config.keys, "dtype": dtype.name, "eod_id": spec.eod_id if config.eod else None,
+        "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
+        "skip_invalid": config.skip_invalid, "backend": backend, "format": config.format, "recipe": config.recipe,
+    }
+    write_json_atomic(state_file, {k: v for k, v in job.items() if k != "complete"})
+    tmp = workdir / f".tokenizer.json.tmp.{os.getpid()}"
+    tmp.write_text(spec.json)
+    os.replace(tmp, workdir / "tokenizer.json")
+    return job
+
+
+def run_units(job: dict, units: list[Unit], workers: int, progress: bool) -> dict:
+    """Run the units not yet done; returns this run's totals."""
+    workdir = Path(job["workdir"])
+    for stale in (workdir / "parts").glob("*.tmp.*"):
+        stale.unlink(missing_ok=True)
+    pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
+    state = {**job, "tokenizer_json": (workdir / "tokenizer.json").read_text()}
+    totals = {"units": len(pending), "skipped_units": len(units) - len(pending), "bytes": 0, "records": 0, "tokens": 0}
+    if not pending:
+        return totals
+    workers = max(1, min(workers, len(pending)))
+    bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="tokenize", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def account(record: dict) -> None:
+        totals["bytes"] += record["bytes"]
+        totals["records"] += record["records"]
+        totals["tokens"] += sum(k["tokens"] for k in record["keys"].values())
+        bar.update(record["bytes"])
+
+    try:
+        if workers == 1:
+            _init_worker({**state, "single_thread": False})
+            for unit in pending:
+                account(run_unit(unit))
+        else:
+            context = mp.get_context("spawn")
+            with context.Pool(workers, initializer=_init_worker, initargs=({**state, "single_thread": True},)) as pool:
+                for record in pool.imap_unordered(run_unit, pending, chunksize=1):
+                    account(record)
+    finally:
+        bar.close()
+    return totals
+
+
+def all_done(job: dict) -> tuple[list[dict], list[Unit]]:
+    """(done-records, units still missing) over the whole plan."""
+    workdir = Path(job["workdir"])
+    units = units_of(json.loads((workdir / "plan.json").read_text()))
+    records, missing = [], []
+    for unit in units:
+        record = load_done(workdir, unit, job["fingerprint"])
+        (records.append(record) if record else missing.append(unit))
+    return records, missing
+
+
+def finalize(job: dict, timings: dict) -> dict:
+    """Merge every unit's parts into shards and write the manifest, last. Returns the manifest."""
+    out, workdir = Path(job["out"]), Path(job["workdir"])
+    records, missing = all_done(job)
+    if missing:
+        raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
+                        f"(first: {missing[0].path} [{missing[0].start}:{missing[0].stop}]); run the remaining tasks first")
+    units = [Unit(**r["unit"]) for r in records]
+    datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtype"], job["config"]["shard_tokens"]) for key in job["keys"]}
+    plan = json.loads((workdir / "plan.json").read_text())
+    per_input: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    examples: list[str] = []
+    for r in records:
+        per_input[r["unit"]["path"]] = per_input.get(r["unit"]["path"], 0) + r["records"]
+        for reason, n in r["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        examples.extend(r["examples"][: max(0, 10 - len(examples))])
+    first = datasets[job["keys"][0]]
+    stats = {
+        "documents": first["documents"], "tokens": sum(d["tokens"] for d in datasets.values()),
+        "empty_documents": sum(r["keys"][job["keys"][0]]["empty_documents"] for r in records),
+        "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
+        "length_histogram": first["length_histogram"],
+    }
+    inputs = [{"path": f["path"], "bytes": f["bytes"], "records": per_input.get(f["path"], 0)} for f in plan["inputs"]]
+    manifest = manifest_mod.build("tokens", job["format"], job["fingerprint"], job["config"], job["tokenizer"],
+                                  inputs, datasets, stats, timings)
+    manifest["config"]["recipe"] = job["recipe"]
+    manifest_mod.write(out, manifest)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return manifest

@@ -1,0 +1,76 @@
+"""Records from JSONL (.gz/.zst), Parquet and local Hugging Face datasets, streamed in batches.
+
+A source expands the user's inputs into files (`expand_inputs`), cuts each file into work
+units (`plan_file`), and reads a unit as batches of records (`read_unit`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+from prep.errors import PrepError
+from prep.sources import arrow, jsonl, parquet
+
+# Longest suffix first: ".jsonl.zst" must win over ".zst".
+KINDS = {
+    ".jsonl.zst": "jsonl.zst", ".json.zst": "jsonl.zst", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
+    ".jsonl": "jsonl", ".json": "jsonl", ".zst": "jsonl.zst", ".gz": "jsonl.gz",
+    ".parquet": "parquet", ".arrow": "arrow",
+}
+READERS = {"jsonl": jsonl, "jsonl.gz": jsonl, "jsonl.zst": jsonl, "parquet": parquet, "arrow": arrow}
+
+
+def kind_of(path: str | Path) -> str | None:
+    name = str(path).lower()
+    for suffix, kind in KINDS.items():
+        if name.endswith(suffix):
+            return kind
+    return None
+
+
+def _hf_saved_files(folder: Path) -> list[Path]:
+    """Arrow files of a `Dataset.save_to_disk` folder, in the dataset's row order."""
+    if (folder / "dataset_dict.json").exists():
+        splits = json.loads((folder / "dataset_dict.json").read_text())["splits"]
+        raise PrepError(f"{folder}: a DatasetDict with splits {', '.join(splits)}; pass one split's folder, e.g. {folder / splits[0]}")
+    state = json.loads((folder / "state.json").read_text())
+    return [folder / entry["filename"] for entry in state["_data_files"]]
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files to read, sorted by path: files as given, folders searched recursively, globs expanded."""
+    found: set[Path] = set()
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
+                found.update(_hf_saved_files(path))
+                continue
+            files = [p for p in path.rglob("*") if p.is_file() and kind_of(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            if not files:
+                raise PrepError(f"{path}: no .jsonl, .json, .gz, .zst, .parquet or .arrow files in this folder")
+            found.update(files)
+        elif path.is_file():
+            if kind_of(path) is None:
+                raise PrepError(f"{path}: unknown input type; expected .jsonl/.json (optionally .gz/.zst), .parquet or .arrow")
+            found.add(path)
+        elif glob.has_magic(item):
+            matches = [Path(p) for p in glob.glob(item, recursive=True) if kind_of(p)]
+            if not matches:
+                raise PrepError(f"{item}: the pattern matches no input files")
+            found.update(matches)
+        else:
+            raise PrepError(f"{item}: no such file or folder")
+    return sorted((p.resolve() for p in found), key=str)
+
+
+def plan_file(path: Path, unit_bytes: int) -> list[tuple[int, int]]:
+    """(start, stop) pairs, one a unit, whose meaning is the reader's (byte range, row groups...)."""
+    return READERS[kind_of(path)].plan(path, kind_of(path), unit_bytes)
+
+
+def read_unit(path: str, start: int, stop: int, keys: list[str], rejects, batch_bytes: int):
+    """Batches (records, first_index) of the unit: records are dicts holding at least `keys`."""
+    return READERS[kind_of(path)].read(Path(path), kind_of(path), start, stop, keys, rejects, batch_bytes)

@@ -1,0 +1,164 @@
+"""Tokenizer loading (a folder `AutoTokenizer` loads, or a bare tokenizer.json) and batch encoding.
+
+Ids are those of HF `tokenizers` encoding without added special tokens, which is what
+Megatron-LM's `preprocess_data.py` gets from its HuggingFaceTokenizer. The effective
+tokenizer (after `AutoTokenizer` applied its config) is serialised once to tokenizer.json and
+every worker loads that. A faster backend (`fastokens`) is used only after it matched HF on a
+probe set; otherwise we fall back to HF, loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prep.errors import PrepError
+
+# Texts that exercise pre-tokenizer corners; the corpus's own first records are added to them.
+PROBE_TEXTS = [
+    "", " ", "  ", "\n", "\n\n\n", "\t \r\n", "a", "Hello, world!", "  leading and trailing  ",
+    "don't won't I'm you'll they've", "12345 3.14159 1,000,000 0x1F", "CamelCaseWords snake_case",
+    "Ünïcödé — 日本語のテキスト、中文 и русский 🚀👨‍👩‍👧 \u200b\u00a0", "ﬁ ﬂ Å Å e\u0301",
+    "def f(x):\n    return x ** 2\n\n\tif x:  pass", "<html><body class=\"x\">&amp;</body></html>",
+    "a" * 3000, "😀" * 200, " " * 100 + "x", "\u2028\u2029\x00\x1f",
+]
+EOS_NAMES = ["<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>", "<|eos|>", "<｜end▁of▁sentence｜>", "<|im_end|>"]
+BOS_NAMES = ["<|begin_of_text|>", "<s>", "<bos>", "<｜begin▁of▁sentence｜>", "<|startoftext|>"]
+
+
+@dataclass
+class TokenizerSpec:
+    """What workers need to encode exactly as the reference does; recorded in the manifest."""
+
+    source: str
+    json: str  # the effective tokenizer.json
+    sha256: str
+    vocab_size: int  # len(tokenizer): base vocabulary plus added tokens, as Megatron sizes its dtype
+    eod_id: int | None
+    bos_id: int | None
+    special_ids: dict = field(default_factory=dict)
+
+    def manifest(self) -> dict:
+        return {"source": self.source, "sha256": self.sha256, "vocab_size": self.vocab_size,
+                "eod_id": self.eod_id, "bos_id": self.bos_id, "special_ids": self.special_ids}
+
+
+def _token_id(tokenizer, token) -> int | None:
+    if token is None:
+        return None
+    content = token if isinstance(token, str) else token.get("content")
+    return tokenizer.token_to_id(content)
+
+
+def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = None) -> TokenizerSpec:
+    """Resolve the tokenizer at `path` (folder or tokenizer.json) into a TokenizerSpec."""
+    from tokenizers import Tokenizer
+
+    source = Path(path)
+    if source.is_file() and (source.parent / "tokenizer_config.json").exists():
+        source = source.parent
+    if source.is_dir():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            from transformers import AutoTokenizer
+
+            try:
+                auto = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+            except Exception as exc:
+                raise PrepError(f"{source}: transformers.AutoTokenizer can't load this folder ({str(exc).splitlines()[0]})") from None
+        backend = getattr(auto, "backend_tokenizer", None) or getattr(auto, "_tokenizer", None)
+        if backend is None:
+            raise PrepError(f"{source}: {type(auto).__name__} has no fast (Rust) tokenizer to serialise")
+        text = backend.to_str()
+        vocab_size = len(auto)
+        eod, bos = auto.eos_token, auto.bos_token
+        special = {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}
+    elif source.is_file():
+        text = source.read_text(encoding="utf-8")
+        try:
+            backend = Tokenizer.from_str(text)
+        except Exception as exc:
+            raise PrepError(f"{source}: not a tokenizer.json ({exc})") from None
+        vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        specials = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        eod = next((name for name in EOS_NAMES if name in specials), None)
+        bos = next((name for name in BOS_NAMES if name in specials), None)
+        special = {}
+    else:
+        raise PrepError(f"{path}: no such tokenizer folder or tokenizer.json")
+    reference = Tokenizer.from_str(text)
+    eod, bos = eod_token or eod, bos_token or bos
+    spec = TokenizerSpec(
+        source=str(Path(path).resolve()), json=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
+        vocab_size=vocab_size, eod_id=_token_id(reference, eod), bos_id=_token_id(reference, bos),
+        special_ids={k: v for k, v in special.items() if v is not None},
+    )
+    if eod_token and spec.eod_id is None:
+        raise PrepError(f"--eod-token {eod_token!r} is not in the tokenizer's vocabulary")
+    if bos_token and spec.bos_id is None:
+        raise PrepError(f"--bos-token {bos_token!r} is not in the tokenizer's vocabulary")
+    spec.special_ids.update({"eod": spec.eod_id, "bos": spec.bos_id})
+    return spec
+
+
+class Encoder:
+    """Batch encoder: `encode(texts)` -> (flat uint32 ids, int64 offsets of len(texts)+1)."""
+
+    def __init__(self, spec_json: str, backend: str, split_special_tokens: bool):
+        self.backend = backend
+        self.split_special_tokens = split_special_tokens
+        if backend == "fastokens":
+            import fastokens
+
+            self._fast = fastokens.Tokenizer.from_json_str(spec_json)
+        else:
+            from tokenizers import Tokenizer
+
+            self._hf = Tokenizer.from_str(spec_json)
+            self._hf.encode_special_tokens = split_special_tokens
+
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.backend == "fastokens":
+            ids, offsets = self._fast.encode_batch_flat(texts, add_special_tokens=False, split_special_tokens=self.split_special_tokens)
+            return np.frombuffer(ids, np.uint32), np.frombuffer(offsets, np.uint64).astype(np.int64)
+        encodings = self._hf.encode_batch_fast(texts, add_special_tokens=False)
+        lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+        offsets = np.zeros(len(texts) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter((i for e in encodings for i in e.ids), np.uint32, int(offsets[-1]))
+        return ids, offsets
+
+
+def choose_backend(spec: TokenizerSpec, requested: str, split_special_tokens: bool, sample: list[str]) -> tuple[str, str]:
+    """(backend, note): fastokens when it gives HF's ids on every probe text, else HF tokenizers."""
+    if requested == "hf":
+        return "hf", "HF tokenizers (requested)"
+    try:
+        fast = Encoder(spec.json, "fastokens", split_special_tokens)
+    except Exception as exc:
+        if requested == "fastokens":
+            raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
+        return "hf", f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
+    reference = Encoder(spec.json, "hf", split_special_tokens)
+    probes = PROBE_TEXTS + sample + [t + "".join(s for s in _special_strings(spec)) for t in PROBE_TEXTS[:3]]
+    ids_a, off_a = fast.encode(probes)
+    ids_b, off_b = reference.encode(probes)
+    if np.array_equal(off_a, off_b) and np.array_equal(ids_a, ids_b):
+        return "fastokens", f"fastokens (ids equal to HF tokenizers on {len(probes)} probe texts)"
+    bad = next(i for i in range(len(probes)) if not np.array_equal(ids_a[off_a[i]:off_a[i + 1]], ids_b[off_b[i]:off_b[i + 1]]))
+    message = f"fastokens differs from HF tokenizers on probe text {probes[bad][:60]!r}"
+    if requested == "fastokens":
+        raise PrepError(message)
+    return "hf", f"HF tokenizers (slow; {message})"
+
+
+def _special_strings(spec: TokenizerSpec) -> list[str]:
+    added = json.loads(spec.json).get("added_tokens", [])
+    return [t["content"] for t in added[:50]]

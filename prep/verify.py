@@ -1,0 +1,89 @@
+"""`prep verify` and `prep inspect`: check a finished output, and describe it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from loaders.formats.indexed import IndexedDataset
+from loaders.manifest import ManifestError, load
+
+
+def _hash(path: Path) -> str:
+    hasher = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while block := f.read(16 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def verify(out: Path, megatron: bool = True) -> list[str]:
+    """Problems found (empty when all is well): sizes, checksums, counts, and a full read."""
+    try:
+        manifest = load(out)
+    except ManifestError as exc:
+        return [str(exc)]
+    problems = []
+    reader = _megatron_reader() if megatron else None
+    for key, dataset in manifest["datasets"].items():
+        for shard in dataset["shards"]:
+            for part in ("bin", "idx"):
+                path = out / shard[part]["path"]
+                if not path.exists():
+                    problems.append(f"{path}: missing")
+                elif path.stat().st_size != shard[part]["bytes"]:
+                    problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard[part]['bytes']}")
+                elif _hash(path) != shard[part]["xxh3_128"]:
+                    problems.append(f"{path}: checksum differs from the manifest")
+            if problems:
+                continue
+            ds = IndexedDataset(out / shard["prefix"])
+            counts = (ds.num_documents, len(ds), int(ds.sequence_lengths.sum(dtype=np.int64)))
+            if counts != (shard["documents"], shard["sequences"], shard["tokens"]):
+                problems.append(f"{shard['prefix']}: (documents, sequences, tokens) {counts} != manifest "
+                                f"{(shard['documents'], shard['sequences'], shard['tokens'])}")
+            if ds.dtype.name != dataset["dtype"]:
+                problems.append(f"{shard['prefix']}: dtype {ds.dtype.name} != manifest {dataset['dtype']}")
+            if reader is not None:
+                problems += _check_with_megatron(reader, ds, out / shard["prefix"])
+    return problems
+
+
+def _megatron_reader():
+    try:
+        from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
+    except Exception:  # megatron-core is an optional, heavy dependency
+        return None
+    return MegatronIndexedDataset
+
+
+def _check_with_megatron(reader, ours: IndexedDataset, prefix: Path) -> list[str]:
+    theirs = reader(str(prefix), mmap=True)
+    if len(theirs) != len(ours) or not np.array_equal(theirs.document_indices, ours.document_indices):
+        return [f"{prefix}: Megatron-Core reads {len(theirs)} sequences / other document indices"]
+    if len(ours) and not np.array_equal(theirs.sequence_lengths, ours.sequence_lengths):
+        return [f"{prefix}: Megatron-Core reads other sequence lengths"]
+    return []
+
+
+def describe(out: Path) -> str:
+    manifest = load(out)
+    stats = manifest["stats"]
+    lines = [f"{out}: {manifest['kind']} / {manifest['format']}, fingerprint {manifest['fingerprint']}",
+             f"tokenizer {manifest['tokenizer']['source']} (sha256 {manifest['tokenizer']['sha256'][:16]}..., "
+             f"vocab {manifest['tokenizer']['vocab_size']:,}, {manifest['tokenizer']['dtype']})",
+             f"documents {stats['documents']:,}  tokens {stats['tokens']:,}  empty {stats['empty_documents']:,}  "
+             f"skipped {stats['skipped_total']:,} {stats['skipped'] or ''}"]
+    hist = stats["length_histogram"]
+    peak = max(hist["counts"]) or 1
+    lines.append("document length (tokens):")
+    for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]):
+        if n:
+            lines.append(f"  [{lo:>8}, {hi:>8})  {n:>10,}  {'#' * max(1, round(40 * n / peak))}")
+    root = Path(manifest["_dir"])
+    for key, dataset in manifest["datasets"].items():
+        path = " ".join(f"{s['tokens']} {root / s['prefix']}" for s in dataset["shards"])
+        lines.append(f"--data-path for {key!r}: {path}")
+    return "\n".join(lines)

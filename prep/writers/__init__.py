@@ -1,0 +1,1 @@
+"""Writers: a unit's parts, and the finalize merge into shards."""

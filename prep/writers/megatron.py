@@ -1,0 +1,164 @@
+"""Megatron indexed datasets: per-unit parts, merged in unit order into `.bin`/`.idx` shards.
+
+A part is three files per key: the tokens (`.bin`, final dtype), the sequence lengths
+(`.len.npy`, int32) and the sequences per document (`.doc.npy`, int32). Finalize never
+re-tokenizes: it concatenates token bytes and builds each index with numpy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from loaders.formats import indexed
+from prep.plan import Unit, fsync_dir
+
+COPY_BLOCK = 16 << 20
+
+
+def dataset_name(key: str) -> str:
+    """Megatron's naming: `{prefix}_{key}_document`; our prefix is the output folder."""
+    return f"{key}_document"
+
+
+class PartWriter:
+    """Appends encoded batches of one key to a unit's part files, then commits them."""
+
+    def __init__(self, parts: Path, unit: Unit, key: str, dtype):
+        self.stem = parts / f"{unit.id}.{key}"
+        self.tmp = Path(f"{self.stem}.bin.tmp.{os.getpid()}")
+        self.file = open(self.tmp, "wb")
+        self.hash = xxhash.xxh3_128()
+        self.dtype = np.dtype(dtype)
+        self.lengths: list[np.ndarray] = []
+        self.documents: list[np.ndarray] = []
+        self.tokens = 0
+
+    def write(self, tokens: np.ndarray, sequence_lengths: np.ndarray, document_sequences: np.ndarray) -> None:
+        data = tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
+        self.file.write(data)
+        self.hash.update(data)
+        self.tokens += len(tokens)
+        self.lengths.append(sequence_lengths)
+        self.documents.append(document_sequences)
+
+    def commit(self) -> dict:
+        """fsync and rename the parts; returns this key's counts for the done-record."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
+        documents = np.concatenate(self.documents) if self.documents else np.zeros(0, np.int32)
+        for suffix, array in ((".len.npy", lengths), (".doc.npy", documents)):
+            tmp = Path(f"{self.stem}{suffix}.tmp.{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, f"{self.stem}{suffix}")
+        os.replace(self.tmp, f"{self.stem}.bin")
+        return {"documents": len(documents), "sequences": len(lengths), "tokens": self.tokens,
+                "empty_documents": int((documents == 0).sum()), "xxh3_128": self.hash.hexdigest()}
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def _shard_bounds(document_index: np.ndarray, token_ends: np.ndarray, shard_tokens: int | None) -> list[tuple[int, int]]:
+    """Document ranges [d0, d1) of each shard: a shard closes after the document that brings it
+    to `shard_tokens` or more, so no document is split and every shard is a valid dataset."""
+    n_documents = len(document_index) - 1
+    if not shard_tokens or n_documents == 0:
+        return [(0, n_documents)]
+    # tokens at the end of each document
+    doc_end = np.concatenate([[0], token_ends])[document_index[1:]]
+    bounds, d0, base = [], 0, 0
+    while d0 < n_documents:
+        d1 = int(np.searchsorted(doc_end, base + shard_tokens, side="left")) + 1
+        d1 = min(max(d1, d0 + 1), n_documents)
+        bounds.append((d0, d1))
+        d0, base = d1, int(doc_end[d1 - 1])
+    return bounds
+
+
+def _copy_tokens(parts: list[Path], part_tokens: np.ndarray, start: int, stop: int, itemsize: int, out, hasher) -> None:
+    """Copy global token range [start, stop) from the unit parts, in order, into `out`."""
+    part_starts = np.concatenate([[0], np.cumsum(part_tokens)])
+    for i, path in enumerate(parts):
+        lo, hi = max(start, part_starts[i]), min(stop, part_starts[i + 1])
+        if lo >= hi:
+            continue
+        with open(path, "rb") as f:
+            f.seek(int(lo - part_starts[i]) * itemsize)
+            remaining = int(hi - lo) * itemsize
+            while remaining:
+                block = f.read(min(COPY_BLOCK, remaining))
+                if not block:
+                    raise OSError(f"{path}: part shorter than its done-record says")
+                out.write(block)
+                hasher.update(block)
+                remaining -= len(block)
+
+
+def _write_atomic(path: Path, write) -> tuple[int, str]:
+    """Run `write(file, hasher)` into a temporary name; fsync; rename. Returns (bytes, xxh3_128)."""
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    hasher = xxhash.xxh3_128()
+    with open(tmp, "wb", buffering=COPY_BLOCK) as f:
+        write(f, hasher)
+        f.flush()
+        os.fsync(f.fileno())
+        size = f.tell()
+    os.replace(tmp, path)
+    return size, hasher.hexdigest()
+
+
+def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None) -> dict:
+    """Merge the parts of `key` into shards; returns the manifest entry for this dataset."""
+    dtype = np.dtype(dtype)
+    parts = workdir / "parts"
+    stems = [parts / f"{u.id}.{key}" for u in units]
+    lengths = [np.load(f"{s}.len.npy") for s in stems]
+    documents = np.concatenate([np.load(f"{s}.doc.npy") for s in stems] or [np.zeros(0, np.int32)])
+    part_tokens = np.array([int(a.sum(dtype=np.int64)) for a in lengths], np.int64)
+    sequence_lengths = np.concatenate(lengths or [np.zeros(0, np.int32)])
+    document_index = np.zeros(len(documents) + 1, np.int64)
+    np.cumsum(documents, out=document_index[1:])
+    token_ends = np.cumsum(sequence_lengths, dtype=np.int64)
+
+    bounds = _shard_bounds(document_index, token_ends, shard_tokens)
+    shards = []
+    for number, (d0, d1) in enumerate(bounds):
+        name = dataset_name(key) if len(bounds) == 1 and not shard_tokens else f"{dataset_name(key)}_{number:05d}"
+        s0, s1 = int(document_index[d0]), int(document_index[d1])
+        t0 = int(token_ends[s0 - 1]) if s0 else 0
+        t1 = int(token_ends[s1 - 1]) if s1 else 0
+        bin_file, idx_file = indexed.bin_path(out / name), indexed.idx_path(out / name)
+        bin_bytes, bin_hash = _write_atomic(
+            bin_file, lambda f, h: _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h))
+        buffers = indexed.encode_index(dtype, sequence_lengths[s0:s1], document_index[d0:d1 + 1] - s0)
+        idx_bytes, idx_hash = _write_atomic(idx_file, lambda f, h: [(f.write(b), h.update(b)) for b in buffers])
+        shards.append({
+            "prefix": name, "documents": d1 - d0, "sequences": s1 - s0, "tokens": t1 - t0,
+            "bin": {"path": bin_file.name, "bytes": bin_bytes, "xxh3_128": bin_hash},
+            "idx": {"path": idx_file.name, "bytes": idx_bytes, "xxh3_128": idx_hash},
+        })
+    fsync_dir(out)
+    doc_tokens = np.diff(np.concatenate([[0], token_ends])[document_index]) if len(documents) else np.zeros(0, np.int64)
+    return {"dtype": dtype.name, "documents": len(documents), "sequences": len(sequence_lengths),
+            "tokens": int(token_ends[-1]) if len(token_ends) else 0, "shards": shards,
+            "length_histogram": length_histogram(doc_tokens)}
+
+
+def length_histogram(doc_tokens: np.ndarray) -> dict:
+    """Document lengths in tokens, in power-of-two bins: counts[i] holds lengths in [edges[i], edges[i+1])."""
+    if len(doc_tokens) == 0:
+        return {"edges": [0, 1], "counts": [0]}
+    top = max(1, int(doc_tokens.max()))
+    edges = [0, 1] + [1 << k for k in range(1, top.bit_length() + 1)]
+    counts, _ = np.histogram(doc_tokens, bins=edges + [edges[-1] * 2])
+    return {"edges": edges + [edges[-1] * 2], "counts": counts.tolist()}
