@@ -181,3 +181,7 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
         lines.append(f"{key:<11} {dataset['dtype']}, " + " ".join(s["prefix"] for s in dataset["shards"]))
     click.echo("\n".join(lines))
     click.echo(f"manifest    {Path(manifest['config']['output']) / 'manifest.json'}")
+
+
+if __name__ == "__main__":
+    main()

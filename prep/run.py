@@ -229,6 +229,8 @@ def finalize(job: dict, timings: dict) -> dict:
                         f"(first: {missing[0].path} [{missing[0].start}:{missing[0].stop}]); run the remaining tasks first")
     units = [Unit(**r["unit"]) for r in records]
     datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtype"], job["config"]["shard_tokens"]) for key in job["keys"]}
+    if os.environ.get("PREP_TEST_CRASH_IN_FINALIZE"):
+        os._exit(70)  # test hook: a crash after the shards, before the manifest
     plan = json.loads((workdir / "plan.json").read_text())
     per_input: dict[str, int] = {}
     skipped: dict[str, int] = {}

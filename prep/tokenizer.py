@@ -56,6 +56,48 @@ def _token_id(tokenizer, token) -> int | None:
     return tokenizer.token_to_id(content)
 
 
+def _cache_dir() -> Path:
+    root = os.environ.get("PREP_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "prep")
+    return Path(root) / "tokenizers"
+
+
+def _resolve_folder(source: Path) -> dict:
+    """What AutoTokenizer makes of a folder: effective tokenizer.json, len(), EOS/BOS and special ids.
+
+    Importing transformers costs seconds, so the answer is cached, keyed by the folder's files
+    and the transformers version."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(version("transformers").encode())
+    for f in sorted(p for p in source.iterdir() if p.is_file()):
+        digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    cached = _cache_dir() / f"{digest.hexdigest()[:32]}.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        from transformers import AutoTokenizer
+
+        try:
+            auto = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+        except Exception as exc:
+            raise PrepError(f"{source}: transformers.AutoTokenizer can't load this folder ({str(exc).splitlines()[0]})") from None
+    backend = getattr(auto, "backend_tokenizer", None) or getattr(auto, "_tokenizer", None)
+    if backend is None:
+        raise PrepError(f"{source}: {type(auto).__name__} has no fast (Rust) tokenizer to serialise")
+    resolved = {"json": backend.to_str(), "vocab_size": len(auto), "eos": auto.eos_token, "bos": auto.bos_token,
+                "special_ids": {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}}
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(resolved))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home only costs the next run the same seconds
+    return resolved
+
+
 def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = None) -> TokenizerSpec:
     """Resolve the tokenizer at `path` (folder or tokenizer.json) into a TokenizerSpec."""
     from tokenizers import Tokenizer
@@ -64,22 +106,9 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
     if source.is_file() and (source.parent / "tokenizer_config.json").exists():
         source = source.parent
     if source.is_dir():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-            from transformers import AutoTokenizer
-
-            try:
-                auto = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-            except Exception as exc:
-                raise PrepError(f"{source}: transformers.AutoTokenizer can't load this folder ({str(exc).splitlines()[0]})") from None
-        backend = getattr(auto, "backend_tokenizer", None) or getattr(auto, "_tokenizer", None)
-        if backend is None:
-            raise PrepError(f"{source}: {type(auto).__name__} has no fast (Rust) tokenizer to serialise")
-        text = backend.to_str()
-        vocab_size = len(auto)
-        eod, bos = auto.eos_token, auto.bos_token
-        special = {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}
+        resolved = _resolve_folder(source)
+        text, vocab_size, special = resolved["json"], resolved["vocab_size"], resolved["special_ids"]
+        eod, bos = resolved["eos"], resolved["bos"]
     elif source.is_file():
         text = source.read_text(encoding="utf-8")
         try:
@@ -147,7 +176,8 @@ def choose_backend(spec: TokenizerSpec, requested: str, split_special_tokens: bo
             raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
         return "hf", f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
     reference = Encoder(spec.json, "hf", split_special_tokens)
-    probes = PROBE_TEXTS + sample + [t + "".join(s for s in _special_strings(spec)) for t in PROBE_TEXTS[:3]]
+    specials = " x ".join(_special_strings(spec))
+    probes = PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
     ids_a, off_a = fast.encode(probes)
     ids_b, off_b = reference.encode(probes)
     if np.array_equal(off_a, off_b) and np.array_equal(ids_a, ids_b):

@@ -72,18 +72,45 @@ def _line_at(path: Path, offset: int) -> int:
     return count + 1
 
 
-def _stream_chunks(path: Path, kind: str, batch_bytes: int):
-    """(line number of the first line, chunk of whole lines) through a decompressing stream."""
+def _zstd_blocks(raw, size: int):
+    """Decompressed blocks of a (multi-frame) zstd stream; raises EOFError if it ends mid-frame."""
+    decompressor = zstandard.ZstdDecompressor().decompressobj()
+    pending = False
+    while True:
+        data = raw.read(size)
+        if not data:
+            break
+        while data:
+            pending = True
+            out = decompressor.decompress(data)
+            if out:
+                yield out
+            data = b""
+            if decompressor.eof:
+                pending = False
+                data = decompressor.unused_data
+                decompressor = zstandard.ZstdDecompressor().decompressobj()
+    if pending:
+        raise EOFError("stream ends inside a frame")
+
+
+def _gzip_blocks(raw, size: int):
+    with gzip.GzipFile(fileobj=raw) as stream:
+        while block := stream.read(size):
+            yield block
+
+
+def _stream_chunks(path: Path, kind: str, batch_bytes: int, rejects):
+    """(line number of the first line, chunk of whole lines) through a decompressing stream.
+
+    A truncated or corrupt stream is a bad record at the line where it breaks: the run stops,
+    or with --skip-invalid keeps the lines before it."""
     line = 1
     carry = b""
     try:
-        raw = open(path, "rb")
-        stream = gzip.GzipFile(fileobj=raw) if kind == "jsonl.gz" else zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        with raw, stream:
-            while True:
-                block = stream.read(batch_bytes)
-                if not block:
-                    break
+        with open(path, "rb") as raw:
+            blocks = _gzip_blocks(raw, batch_bytes) if kind == "jsonl.gz" else _zstd_blocks(raw, batch_bytes)
+            for block in blocks:
                 block = carry + block
                 cut = block.rfind(b"\n") + 1
                 carry = block[cut:]
@@ -92,7 +119,8 @@ def _stream_chunks(path: Path, kind: str, batch_bytes: int):
                     line += block.count(b"\n", 0, cut)
     except (EOFError, OSError, zlib.error, zstandard.ZstdError) as exc:
         what = "gzip" if kind == "jsonl.gz" else "zstd"
-        raise BadRecord(path, line, f"truncated or corrupt {what} stream ({exc})") from None
+        rejects.add(path, line, f"truncated or corrupt {what} stream ({exc})")
+        return
     if carry:
         yield line, carry
 
@@ -101,7 +129,7 @@ def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects,
     """Batches (records, locate): `locate(j)` is the line number of record j, computed lazily.
 
     Malformed lines go to `rejects` with their line number."""
-    chunks = _plain_chunks(path, start, stop, batch_bytes) if kind == "jsonl" else _stream_chunks(path, kind, batch_bytes)
+    chunks = _plain_chunks(path, start, stop, batch_bytes) if kind == "jsonl" else _stream_chunks(path, kind, batch_bytes, rejects)
     for origin, chunk in chunks:
         lines = chunk.split(b"\n")
         if lines[-1] == b"":

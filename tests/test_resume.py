@@ -1,0 +1,97 @@
+"""Crash safety: kill -9 at any moment, rerun the same command, get the same bytes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, TOKENIZERS, botchan_documents, prep, read_bytes, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def slow_corpus(tmp_path_factory):
+    # HF tokenizers (slow backend) over ~3 MB in 1 MB units gives seconds to kill into.
+    folder = tmp_path_factory.mktemp("slow")
+    return write_jsonl(folder / "c.jsonl", botchan_documents(4500, seed=11))
+
+
+def _start(args):
+    return subprocess.Popen([sys.executable, "-m", "prep.cli", *map(str, args)], cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_resume_after_kill_gives_same_bytes(tmp_path, slow_corpus):
+    args = [slow_corpus, "--tokenizer", TOKENIZERS / "gpt2", "--backend", "hf", "--unit-size", "256k", "--workers", "2"]
+    prep("tokenize", *args, "-o", tmp_path / "clean")
+    reference = read_bytes(tmp_path / "clean")
+
+    out = tmp_path / "killed"
+    kills = 0
+    for delay in (1.0, 1.8, 2.6, 3.4, 4.2, 5.0):
+        process = _start(["tokenize", *args, "-o", out])
+        time.sleep(delay)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the whole group: main process and workers
+            kills += 1
+        process.wait()
+        if (out / "manifest.json").exists():
+            break
+        assert not (out / "text_document.bin").exists() or not (out / "manifest.json").exists()
+    assert kills >= 2, "the run finished before it could be killed twice; make the corpus larger"
+    result = prep("tokenize", *args, "-o", out)
+    assert read_bytes(out) == reference
+    assert not (out / ".prep").exists()
+    leftovers = [p.name for p in out.iterdir() if ".tmp." in p.name]
+    assert leftovers == []
+    assert "resumed" in result.stdout or "already complete" in result.stderr
+
+
+def test_kill_mid_finalize_then_rerun_gives_same_bytes(tmp_path, corpus):
+    args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
+    prep(*args, "-o", tmp_path / "clean")
+    out = tmp_path / "out"
+    # A test hook makes finalize die (os._exit) after the shards are written, before the manifest.
+    crashed = prep(*args, "-o", out, check=False, env={"PREP_TEST_CRASH_IN_FINALIZE": "1"})
+    assert crashed.returncode != 0
+    assert (out / "text_document.bin").exists() and not (out / "manifest.json").exists()
+    prep(*args, "-o", out)
+    assert read_bytes(out) == read_bytes(tmp_path / "clean")
+
+
+def test_rerun_of_a_complete_output_does_nothing(tmp_path, corpus):
+    out = tmp_path / "out"
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2")
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    result = prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2")
+    assert "already complete" in result.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_other_config_into_same_output_refuses_unless_overwrite(tmp_path, corpus):
+    out = tmp_path / "out"
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2")
+    refused = prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--no-eod", check=False)
+    assert refused.returncode == 2
+    assert "fingerprint" in refused.stderr and "--overwrite" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--no-eod", "--overwrite")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["eod"] is False
+
+
+def test_resume_refuses_when_inputs_changed(tmp_path, corpus):
+    data = tmp_path / "c.jsonl"
+    data.write_bytes(corpus.read_bytes())
+    out = tmp_path / "out"
+    crashed = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k",
+                   check=False, env={"PREP_TEST_CRASH_IN_FINALIZE": "1"})
+    assert crashed.returncode != 0
+    with open(data, "ab") as f:
+        f.write(b'{"text": "one more"}\n')
+    refused = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", check=False)
+    assert refused.returncode == 2
+    assert "inputs changed" in refused.stderr

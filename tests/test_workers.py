@@ -1,0 +1,36 @@
+"""The same bytes whatever the number of workers, unit size or array tasks."""
+
+import pytest
+
+from conftest import TOKENIZERS, prep, read_bytes
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus):
+    out = tmp_path_factory.mktemp("ref") / "out"
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--workers", "1")
+    return read_bytes(out)
+
+
+@pytest.mark.parametrize("workers,unit", [(2, "64k"), (3, "100k"), (2, "1M"), (1, "8k")])
+def test_output_bytes_do_not_depend_on_workers_or_units(tmp_path, corpus, reference, workers, unit):
+    out = tmp_path / "out"
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--workers", workers, "--unit-size", unit)
+    assert read_bytes(out) == reference
+
+
+def test_array_tasks_then_finalize_give_the_same_bytes(tmp_path, corpus, reference):
+    out = tmp_path / "out"
+    args = ["tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", "--workers", "1"]
+    early = prep("finalize", out, check=False) if out.exists() else None
+    for task in (2, 0):
+        result = prep(*args, "--task", f"{task}/3")
+        assert "prep finalize" in result.stderr
+    assert not (out / "manifest.json").exists()
+    incomplete = prep("finalize", out, check=False)
+    assert incomplete.returncode == 2 and "not done yet" in incomplete.stderr
+    # Slurm's variables work like --task.
+    prep(*args, env={"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"})
+    prep("finalize", out)
+    assert read_bytes(out) == reference
+    assert early is None
