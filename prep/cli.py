@@ -100,10 +100,9 @@ def tokenize(inputs, output, tokenizer, recipe, format_, keys, eod, bos, eod_tok
         log(f"{output}: already complete (same configuration); nothing to do")
         _summary(json.loads((Path(output) / "manifest.json").read_text()), None, time.time() - started)
         return
-    log(f"tokenizer: {job['tokenizer']['backend']}; dtype {job['dtype']}; {workers} worker(s)")
     units = plan.units_of(json.loads((Path(job["workdir"]) / "plan.json").read_text()))
     mine = plan.task_units(units, task_id, tasks)
-    totals = run.run_units(job, mine, workers, progress)
+    totals = run.run_units(job, mine, workers, progress, log)
     wall = time.time() - started
     if tasks > 1:
         log(f"task {task_id}/{tasks}: {totals['units']} unit(s) run, {totals['skipped_units']} already done, "

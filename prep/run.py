@@ -28,28 +28,31 @@ from prep.errors import BadRecord, PrepError, Rejects
 from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
                        write_json_atomic)
 from prep.recipes.text import assemble, texts_of
-from prep.tokenizer import Encoder, choose_backend, load_spec
+from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec
 from prep.writers import megatron
 
 BATCH_BYTES = 4 << 20
 SAMPLE_BYTES = 256 << 10
 
-_STATE: dict = {}
+_STATE: dict = {}  # the job and the loaded encoder; forked workers inherit it
 
 
-def _init_worker(state: dict) -> None:
-    # One process per core: each backend runs single-threaded; nested pools don't scale.
-    if state.get("single_thread"):
-        os.environ["RAYON_NUM_THREADS"] = "1"
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _STATE.clear()
-    _STATE.update(state)
-    _STATE["encoder"] = Encoder(state["tokenizer_json"], state["backend"], state["split_special_tokens"])
+def _init_worker(state: dict | None) -> None:
+    # One process per core: each backend single-threaded, as nested thread pools don't scale.
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    if state is not None:  # spawned, not forked: load what a fork would have inherited
+        _STATE.update(state, encoder=Encoder(state["tokenizer_json"], state["encoder_backend"], state["split_special_tokens"]))
 
 
 def run_unit(unit: Unit) -> dict:
     """Read, tokenize and write one unit's parts, then its done-record. Returns the record."""
     s = _STATE
+    if s.get("probe") is not None:  # checked once per process, before it writes anything
+        mismatch = s["probe"].mismatch(s["encoder"])
+        if mismatch:
+            raise BackendMismatch(mismatch)
+        s["probe"] = None
     workdir, keys, dtype = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"])
     rejects = Rejects(s["skip_invalid"])
     writers = {key: megatron.PartWriter(workdir / "parts", unit, key, dtype) for key in keys}
@@ -156,16 +159,12 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
                             "restore them, or pass --overwrite to start again")
     else:
         write_json_atomic(plan_file, plan)
-    units = units_of(plan)
-    backend, backend_note = choose_backend(spec, config.backend, config.split_special_tokens, _sample_texts(units, config.keys))
-    if backend == "hf" and config.backend == "auto" and "differs" in backend_note:
-        click.echo(f"warning: {backend_note}", err=True)
     job = {
         "complete": False, "out": str(out), "workdir": str(workdir), "fingerprint": fp,
-        "config": config.to_dict(), "tokenizer": {**spec.manifest(), "dtype": dtype.name, "backend": backend_note},
+        "config": config.to_dict(), "tokenizer": {**spec.manifest(), "dtype": dtype.name},
         "keys": config.keys, "dtype": dtype.name, "eod_id": spec.eod_id if config.eod else None,
         "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
-        "skip_invalid": config.skip_invalid, "backend": backend, "format": config.format, "recipe": config.recipe,
+        "skip_invalid": config.skip_invalid, "backend": config.backend, "format": config.format, "recipe": config.recipe,
     }
     write_json_atomic(state_file, {k: v for k, v in job.items() if k != "complete"})
     tmp = workdir / f".tokenizer.json.tmp.{os.getpid()}"
@@ -174,17 +173,34 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
     return job
 
 
-def run_units(job: dict, units: list[Unit], workers: int, progress: bool) -> dict:
+def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log) -> dict:
     """Run the units not yet done; returns this run's totals."""
     workdir = Path(job["workdir"])
     for stale in (workdir / "parts").glob("*.tmp.*"):
         stale.unlink(missing_ok=True)
     pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
-    state = {**job, "tokenizer_json": (workdir / "tokenizer.json").read_text()}
     totals = {"units": len(pending), "skipped_units": len(units) - len(pending), "bytes": 0, "records": 0, "tokens": 0}
     if not pending:
         return totals
+    tokenizer_json = (workdir / "tokenizer.json").read_text()
+    encoder, probe, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"], _sample_texts(pending, job["keys"]))
     workers = max(1, min(workers, len(pending)))
+    log(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)")
+    try:
+        _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json)
+    except BackendMismatch as exc:
+        if job["backend"] == "fastokens":
+            raise PrepError(str(exc)) from None
+        log(f"warning: {exc}; falling back to HF tokenizers (slow)")
+        note = f"HF tokenizers (slow; {exc})"
+        encoder = Encoder(tokenizer_json, "hf", job["split_special_tokens"])
+        _run_pool({**job, "backend": "hf"}, pending, workers, progress, totals, encoder, None, tokenizer_json)
+    job["tokenizer"]["backend"] = note
+    write_json_atomic(workdir / "job.json", {k: v for k, v in job.items() if k != "complete"})
+    return totals
+
+
+def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) -> None:
     bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="B", unit_scale=True, unit_divisor=1024,
                desc="tokenize", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
@@ -194,19 +210,22 @@ def run_units(job: dict, units: list[Unit], workers: int, progress: bool) -> dic
         totals["tokens"] += sum(k["tokens"] for k in record["keys"].values())
         bar.update(record["bytes"])
 
+    _STATE.clear()
+    _STATE.update(job, encoder=encoder, probe=probe)
     try:
         if workers == 1:
-            _init_worker({**state, "single_thread": False})
             for unit in pending:
                 account(run_unit(unit))
-        else:
-            context = mp.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=({**state, "single_thread": True},)) as pool:
-                for record in pool.imap_unordered(run_unit, pending, chunksize=1):
-                    account(record)
+            return
+        # Fork where we can: workers inherit the loaded tokenizer (loading one can take seconds).
+        forked = "fork" in mp.get_all_start_methods()
+        context = mp.get_context("fork" if forked else "spawn")
+        state = None if forked else {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend, "probe": probe}
+        with context.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
+            for record in pool.imap_unordered(run_unit, pending, chunksize=1):
+                account(record)
     finally:
         bar.close()
-    return totals
 
 
 def all_done(job: dict) -> tuple[list[dict], list[Unit]]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 
 from prep.errors import PrepError
 
@@ -49,11 +50,8 @@ class TokenizerSpec:
                 "eod_id": self.eod_id, "bos_id": self.bos_id, "special_ids": self.special_ids}
 
 
-def _token_id(tokenizer, token) -> int | None:
-    if token is None:
-        return None
-    content = token if isinstance(token, str) else token.get("content")
-    return tokenizer.token_to_id(content)
+def _content(token) -> str | None:
+    return token if token is None or isinstance(token, str) else token.get("content")
 
 
 def _cache_dir() -> Path:
@@ -98,10 +96,17 @@ def _resolve_folder(source: Path) -> dict:
     return resolved
 
 
+def _vocabulary(text: str) -> dict[str, int]:
+    """token -> id from tokenizer.json (model vocabulary plus added tokens), without building a tokenizer."""
+    data = orjson.loads(text)
+    vocab = data["model"]["vocab"]
+    if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
+        vocab = {piece: i for i, (piece, _) in enumerate(vocab)}
+    return {**vocab, **{t["content"]: t["id"] for t in data.get("added_tokens", [])}}
+
+
 def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = None) -> TokenizerSpec:
     """Resolve the tokenizer at `path` (folder or tokenizer.json) into a TokenizerSpec."""
-    from tokenizers import Tokenizer
-
     source = Path(path)
     if source.is_file() and (source.parent / "tokenizer_config.json").exists():
         source = source.parent
@@ -109,24 +114,24 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         resolved = _resolve_folder(source)
         text, vocab_size, special = resolved["json"], resolved["vocab_size"], resolved["special_ids"]
         eod, bos = resolved["eos"], resolved["bos"]
+        vocabulary = _vocabulary(text)
     elif source.is_file():
         text = source.read_text(encoding="utf-8")
         try:
-            backend = Tokenizer.from_str(text)
-        except Exception as exc:
+            vocabulary = _vocabulary(text)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise PrepError(f"{source}: not a tokenizer.json ({exc})") from None
-        vocab_size = backend.get_vocab_size(with_added_tokens=True)
-        specials = [t.content for t in backend.get_added_tokens_decoder().values() if t.special]
+        vocab_size = len(vocabulary)
+        specials = [t["content"] for t in orjson.loads(text).get("added_tokens", []) if t.get("special")]
         eod = next((name for name in EOS_NAMES if name in specials), None)
         bos = next((name for name in BOS_NAMES if name in specials), None)
         special = {}
     else:
         raise PrepError(f"{path}: no such tokenizer folder or tokenizer.json")
-    reference = Tokenizer.from_str(text)
     eod, bos = eod_token or eod, bos_token or bos
     spec = TokenizerSpec(
         source=str(Path(path).resolve()), json=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
-        vocab_size=vocab_size, eod_id=_token_id(reference, eod), bos_id=_token_id(reference, bos),
+        vocab_size=vocab_size, eod_id=vocabulary.get(_content(eod)), bos_id=vocabulary.get(_content(bos)),
         special_ids={k: v for k, v in special.items() if v is not None},
     )
     if eod_token and spec.eod_id is None:
@@ -165,30 +170,64 @@ class Encoder:
         return ids, offsets
 
 
-def choose_backend(spec: TokenizerSpec, requested: str, split_special_tokens: bool, sample: list[str]) -> tuple[str, str]:
-    """(backend, note): fastokens when it gives HF's ids on every probe text, else HF tokenizers."""
+class BackendMismatch(Exception):
+    """The fast backend gave other ids than HF tokenizers on a probe text."""
+
+
+@dataclass
+class Probe:
+    """Texts and the ids HF tokenizers gives them: what a fast backend must reproduce exactly."""
+
+    texts: list[str]
+    ids: list[list[int]]
+
+    def mismatch(self, encoder: Encoder) -> str | None:
+        ids, offsets = encoder.encode(self.texts)
+        for i, expected in enumerate(self.ids):
+            if ids[offsets[i]:offsets[i + 1]].tolist() != expected:
+                return f"{encoder.backend} differs from HF tokenizers on probe text {self.texts[i][:60]!r}"
+        return None
+
+
+def _reference_ids(spec_json: str, split_special_tokens: bool, texts: list[str]) -> list[list[int]]:
+    """HF tokenizers' ids, one text at a time (no thread pool: safe to fork after)."""
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_str(spec_json)
+    reference.encode_special_tokens = split_special_tokens
+    return [reference.encode(t, add_special_tokens=False).ids for t in texts]
+
+
+def load_encoder(spec_json: str, requested: str, split_special_tokens: bool, sample: list[str]) -> tuple[Encoder, Probe | None, str]:
+    """(encoder, probe, note): fastokens with the probe it must pass before writing anything, or HF.
+
+    The HF reference ids are computed in a helper process while this one loads fastokens
+    (both take seconds for a large vocabulary). Nothing here starts a thread pool in this
+    process, so workers can be forked from it and inherit the loaded tokenizer."""
     if requested == "hf":
-        return "hf", "HF tokenizers (requested)"
-    try:
-        fast = Encoder(spec.json, "fastokens", split_special_tokens)
-    except Exception as exc:
-        if requested == "fastokens":
-            raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
-        return "hf", f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
-    reference = Encoder(spec.json, "hf", split_special_tokens)
-    specials = " x ".join(_special_strings(spec))
-    probes = PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
-    ids_a, off_a = fast.encode(probes)
-    ids_b, off_b = reference.encode(probes)
-    if np.array_equal(off_a, off_b) and np.array_equal(ids_a, ids_b):
-        return "fastokens", f"fastokens (ids equal to HF tokenizers on {len(probes)} probe texts)"
-    bad = next(i for i in range(len(probes)) if not np.array_equal(ids_a[off_a[i]:off_a[i + 1]], ids_b[off_b[i]:off_b[i + 1]]))
-    message = f"fastokens differs from HF tokenizers on probe text {probes[bad][:60]!r}"
-    if requested == "fastokens":
-        raise PrepError(message)
-    return "hf", f"HF tokenizers (slow; {message})"
+        return Encoder(spec_json, "hf", split_special_tokens), None, "HF tokenizers (requested)"
+    specials = " x ".join(_special_strings(spec_json))
+    texts = PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as helper:
+        reference = helper.submit(_reference_ids, spec_json, split_special_tokens, texts)
+        try:
+            fast = Encoder(spec_json, "fastokens", split_special_tokens)
+        except Exception as exc:
+            if requested == "fastokens":
+                raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
+            reference.cancel()
+            return Encoder(spec_json, "hf", split_special_tokens), None, f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
+        try:
+            expected = reference.result()
+        except Exception:  # the helper could not start (e.g. no importable __main__): do it here
+            expected = _reference_ids(spec_json, split_special_tokens, texts)
+        probe = Probe(texts, expected)
+    return fast, probe, f"fastokens (ids equal to HF tokenizers on {len(texts)} probe texts)"
 
 
-def _special_strings(spec: TokenizerSpec) -> list[str]:
-    added = json.loads(spec.json).get("added_tokens", [])
+def _special_strings(spec_json: str) -> list[str]:
+    added = orjson.loads(spec_json).get("added_tokens", [])
     return [t["content"] for t in added[:50]]

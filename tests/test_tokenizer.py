@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import TOKENIZERS, botchan_documents, prep
+import json
+
+from conftest import TOKENIZERS, botchan_documents, prep, read_bytes
 from prep import tokenizer as tok
 
 
@@ -44,22 +46,30 @@ def test_special_token_strings_become_control_ids_unless_split(tmp_path):
     assert len(split) > len(default)
 
 
-def test_backend_falls_back_to_hf_loudly_when_fast_ids_differ(monkeypatch):
+def test_probe_catches_a_fast_backend_that_differs():
     spec = tok.load_spec(str(TOKENIZERS / "gpt2"))
-    real_encode = tok.Encoder.encode
+    encoder, probe, note = tok.load_encoder(spec.json, "auto", False, ["some corpus text"])
+    assert encoder.backend == "fastokens" and probe.mismatch(encoder) is None
+    probe.ids[-1] = probe.ids[-1] + [1]
+    assert "differs from HF tokenizers" in probe.mismatch(encoder)
 
-    def wrong(self, texts):
-        ids, offsets = real_encode(self, texts)
-        if self.backend == "fastokens" and len(ids):
-            ids = ids.copy()
-            ids[-1] += 1
-        return ids, offsets
 
-    monkeypatch.setattr(tok.Encoder, "encode", wrong)
-    backend, note = tok.choose_backend(spec, "auto", False, ["some text"])
-    assert backend == "hf" and "differs" in note
-    with pytest.raises(tok.PrepError):
-        tok.choose_backend(spec, "fastokens", False, ["some text"])
+def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus, monkeypatch):
+    from click.testing import CliRunner
+
+    from prep import cli
+
+    args = ["tokenize", str(corpus), "--tokenizer", str(TOKENIZERS / "gpt2"), "--workers", "1", "--unit-size", "256k"]
+    assert CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "ref")]).exit_code == 0
+    monkeypatch.setattr(tok.Probe, "mismatch", lambda self, encoder: "fastokens differs from HF tokenizers on probe text 'x'")
+    result = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert "warning: fastokens differs" in result.output
+    assert read_bytes(tmp_path / "out") == read_bytes(tmp_path / "ref")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["tokenizer"]["backend"].startswith("HF tokenizers (slow")
+    strict = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "strict"), "--backend", "fastokens"])
+    assert strict.exit_code == 2 and "differs" in strict.output
 
 
 def test_bare_tokenizer_json_finds_eos(tmp_path):

@@ -9,8 +9,15 @@ import pyarrow.parquet as pq
 from prep.errors import BadRecord
 
 
+def _open(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for unreadable files
+        raise BadRecord(path, None, f"unreadable Parquet file ({exc})") from None
+
+
 def plan(path: Path, kind: str, unit_bytes: int) -> list[tuple[int, int]]:
-    meta = pq.ParquetFile(path).metadata
+    meta = _open(path).metadata
     units, first, size = [], 0, 0
     for group in range(meta.num_row_groups):
         size += meta.row_group(group).total_byte_size
@@ -30,10 +37,7 @@ def check_columns(path: Path, names: list[str], keys: list[str]) -> None:
 
 def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects, batch_bytes: int):
     """Batches (records, locate): `locate(j)` is the 1-based row number in the file."""
-    try:
-        file = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise BadRecord(path, None, f"unreadable Parquet file ({exc})") from None
+    file = _open(path)
     check_columns(path, file.schema_arrow.names, keys)
     first_row = sum(file.metadata.row_group(g).num_rows for g in range(start))
     rows = 0
