@@ -28,11 +28,11 @@ from prep.errors import BadRecord, PrepError, Rejects
 from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
                        write_json_atomic)
 from prep.recipes.text import assemble, texts_of
-from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec
+from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec, probe_mismatch
 from prep.writers import megatron
 
 BATCH_BYTES = 4 << 20
-SAMPLE_BYTES = 256 << 10
+SAMPLE_BYTES = 128 << 10
 
 _STATE: dict = {}  # the job and the loaded encoder; forked workers inherit it
 
@@ -48,44 +48,40 @@ def _init_worker(state: dict | None) -> None:
 def run_unit(unit: Unit) -> dict:
     """Read, tokenize and write one unit's parts, then its done-record. Returns the record."""
     s = _STATE
-    if s.get("probe") is not None:  # checked once per process, before it writes anything
-        mismatch = s["probe"].mismatch(s["encoder"])
-        if mismatch:
-            raise BackendMismatch(mismatch)
-        s["probe"] = None
-    workdir, keys, dtype = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"])
+    workdir, keys, dtype, encoder = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"]), s["encoder"]
     rejects = Rejects(s["skip_invalid"])
     writers = {key: megatron.PartWriter(workdir / "parts", unit, key, dtype) for key in keys}
     records_in = 0
     try:
         for records, locate in sources.read_unit(unit.path, unit.start, unit.stop, keys, rejects, BATCH_BYTES):
-            records = _valid(records, keys, locate, unit.path, rejects)
-            records_in += len(records)
-            for key in keys:
-                sentences, owner, _ = texts_of(records, key, reject=None)  # all valid by now
-                ids, offsets = s["encoder"].encode(sentences)
-                docs = assemble(ids, offsets, np.asarray(owner, np.int64), len(records), s["eod_id"], s["bos_id"], dtype)
+            texts = _texts(records, keys, locate, unit.path, rejects)
+            records_in += len(texts[keys[0]][2])
+            for key, (sentences, owner, kept) in texts.items():
+                ids, offsets = encoder.encode(sentences)
+                docs = assemble(ids, offsets, np.asarray(owner, np.int64), len(kept), s["eod_id"], s["bos_id"], dtype)
                 writers[key].write(docs.tokens, docs.sequence_lengths, docs.document_sequences)
         counts = {key: writer.commit() for key, writer in writers.items()}
     except BaseException:
         for writer in writers.values():
             writer.abort()
         raise
-    record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "records": records_in,
+    record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "backend": encoder.backend, "records": records_in,
               "bytes": unit.stop - unit.start, "keys": counts, "skipped": rejects.counts, "examples": rejects.examples}
     write_json_atomic(done_path(workdir, unit), record)
     return record
 
 
-def _valid(records: list[dict], keys: list[str], locate, path: str, rejects: Rejects) -> list[dict]:
-    """Records usable under every key; a record bad under one key is rejected from all, so the
+def _texts(records: list[dict], keys: list[str], locate, path: str, rejects: Rejects) -> dict:
+    """texts_of for every key. A record bad under one key is rejected from all, so the
     datasets of several keys keep the same documents."""
     bad: dict[int, str] = {}
-    for key in keys:
-        texts_of(records, key, lambda j, reason: bad.setdefault(j, reason))
+    texts = {key: texts_of(records, key, lambda j, reason: bad.setdefault(j, reason)) for key in keys}
+    if not bad:
+        return texts
     for j in sorted(bad):
         rejects.add(path, lambda j=j: locate(j), bad[j])
-    return [r for j, r in enumerate(records) if j not in bad] if bad else records
+    records = [r for j, r in enumerate(records) if j not in bad]
+    return {key: texts_of(records, key, reject=None) for key in keys}
 
 
 def _sample_texts(units: list[Unit], keys: list[str]) -> list[str]:
@@ -183,24 +179,36 @@ def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log) -
     if not pending:
         return totals
     tokenizer_json = (workdir / "tokenizer.json").read_text()
-    encoder, probe, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"], _sample_texts(pending, job["keys"]))
+    encoder, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"])
     workers = max(1, min(workers, len(pending)))
     log(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)")
+    # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
+    plan_units = units_of(json.loads((workdir / "plan.json").read_text()))
+    probe = None if encoder.backend == "hf" else (lambda: probe_mismatch(encoder, _sample_texts(plan_units, job["keys"])))
     try:
-        _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json)
+        note = _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) or note
     except BackendMismatch as exc:
         if job["backend"] == "fastokens":
             raise PrepError(str(exc)) from None
         log(f"warning: {exc}; falling back to HF tokenizers (slow)")
         note = f"HF tokenizers (slow; {exc})"
+        for unit in plan_units:  # nothing the untrusted backend wrote is kept
+            record = load_done(workdir, unit, job["fingerprint"])
+            if record and record.get("backend") == "fastokens":
+                done_path(workdir, unit).unlink()
+        pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
+        totals.update(units=len(pending), skipped_units=len(units) - len(pending), bytes=0, records=0, tokens=0)
         encoder = Encoder(tokenizer_json, "hf", job["split_special_tokens"])
-        _run_pool({**job, "backend": "hf"}, pending, workers, progress, totals, encoder, None, tokenizer_json)
+        _run_pool(job, pending, workers, progress, totals, encoder, None, tokenizer_json)
     job["tokenizer"]["backend"] = note
     write_json_atomic(workdir / "job.json", {k: v for k, v in job.items() if k != "complete"})
     return totals
 
 
-def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) -> None:
+def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) -> str | None:
+    """Run `pending` on `workers` processes. `probe()` (the fast backend's exactness check) runs
+    in this process while the workers start; on a difference it stops them and raises
+    BackendMismatch. Returns the backend note when a probe ran."""
     bar = tqdm(total=sum(u.stop - u.start for u in pending), unit="B", unit_scale=True, unit_divisor=1024,
                desc="tokenize", disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
@@ -210,20 +218,32 @@ def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer
         totals["tokens"] += sum(k["tokens"] for k in record["keys"].values())
         bar.update(record["bytes"])
 
+    def check() -> str | None:
+        if probe is None:
+            return None
+        mismatch, count = probe()
+        if mismatch:
+            raise BackendMismatch(mismatch)
+        return f"{encoder.backend} (ids equal to HF tokenizers on {count} probe texts)"
+
     _STATE.clear()
-    _STATE.update(job, encoder=encoder, probe=probe)
+    _STATE.update(job, encoder=encoder)
     try:
         if workers == 1:
+            note = check()
             for unit in pending:
                 account(run_unit(unit))
-            return
+            return note
         # Fork where we can: workers inherit the loaded tokenizer (loading one can take seconds).
         forked = "fork" in mp.get_all_start_methods()
         context = mp.get_context("fork" if forked else "spawn")
-        state = None if forked else {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend, "probe": probe}
+        state = None if forked else {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend}
         with context.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
-            for record in pool.imap_unordered(run_unit, pending, chunksize=1):
+            results = pool.imap_unordered(run_unit, pending, chunksize=1)
+            note = check()  # raising here leaves the with-block, which terminates the workers
+            for record in results:
                 account(record)
+        return note
     finally:
         bar.close()
 

@@ -147,6 +147,7 @@ class Encoder:
 
     def __init__(self, spec_json: str, backend: str, split_special_tokens: bool):
         self.backend = backend
+        self.spec_json = spec_json
         self.split_special_tokens = split_special_tokens
         if backend == "fastokens":
             import fastokens
@@ -174,58 +175,36 @@ class BackendMismatch(Exception):
     """The fast backend gave other ids than HF tokenizers on a probe text."""
 
 
-@dataclass
-class Probe:
-    """Texts and the ids HF tokenizers gives them: what a fast backend must reproduce exactly."""
+def load_encoder(spec_json: str, requested: str, split_special_tokens: bool) -> tuple[Encoder, str]:
+    """(encoder, note): fastokens unless HF is requested or fastokens can't load the tokenizer.
 
-    texts: list[str]
-    ids: list[list[int]]
+    A fastokens encoder is not trusted until `probe_mismatch` found no difference. Loading
+    starts no thread pool, so workers can be forked from this process and inherit it."""
+    if requested == "hf":
+        return Encoder(spec_json, "hf", split_special_tokens), "HF tokenizers (requested)"
+    try:
+        return Encoder(spec_json, "fastokens", split_special_tokens), "fastokens"
+    except Exception as exc:
+        if requested == "fastokens":
+            raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
+        return Encoder(spec_json, "hf", split_special_tokens), f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
 
-    def mismatch(self, encoder: Encoder) -> str | None:
-        ids, offsets = encoder.encode(self.texts)
-        for i, expected in enumerate(self.ids):
-            if ids[offsets[i]:offsets[i + 1]].tolist() != expected:
-                return f"{encoder.backend} differs from HF tokenizers on probe text {self.texts[i][:60]!r}"
-        return None
 
-
-def _reference_ids(spec_json: str, split_special_tokens: bool, texts: list[str]) -> list[list[int]]:
-    """HF tokenizers' ids, one text at a time (no thread pool: safe to fork after)."""
+def probe_mismatch(encoder: Encoder, sample: list[str]) -> tuple[str | None, int]:
+    """(description of the first difference or None, number of probe texts): the encoder's ids
+    against HF tokenizers' on built-in corner cases, every added token, and `sample`."""
     from tokenizers import Tokenizer
 
-    reference = Tokenizer.from_str(spec_json)
-    reference.encode_special_tokens = split_special_tokens
-    return [reference.encode(t, add_special_tokens=False).ids for t in texts]
-
-
-def load_encoder(spec_json: str, requested: str, split_special_tokens: bool, sample: list[str]) -> tuple[Encoder, Probe | None, str]:
-    """(encoder, probe, note): fastokens with the probe it must pass before writing anything, or HF.
-
-    The HF reference ids are computed in a helper process while this one loads fastokens
-    (both take seconds for a large vocabulary). Nothing here starts a thread pool in this
-    process, so workers can be forked from it and inherit the loaded tokenizer."""
-    if requested == "hf":
-        return Encoder(spec_json, "hf", split_special_tokens), None, "HF tokenizers (requested)"
-    specials = " x ".join(_special_strings(spec_json))
+    specials = " x ".join(_special_strings(encoder.spec_json))
     texts = PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as helper:
-        reference = helper.submit(_reference_ids, spec_json, split_special_tokens, texts)
-        try:
-            fast = Encoder(spec_json, "fastokens", split_special_tokens)
-        except Exception as exc:
-            if requested == "fastokens":
-                raise PrepError(f"fastokens can't load this tokenizer ({exc})") from None
-            reference.cancel()
-            return Encoder(spec_json, "hf", split_special_tokens), None, f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
-        try:
-            expected = reference.result()
-        except Exception:  # the helper could not start (e.g. no importable __main__): do it here
-            expected = _reference_ids(spec_json, split_special_tokens, texts)
-        probe = Probe(texts, expected)
-    return fast, probe, f"fastokens (ids equal to HF tokenizers on {len(texts)} probe texts)"
+    reference = Tokenizer.from_str(encoder.spec_json)
+    reference.encode_special_tokens = encoder.split_special_tokens
+    expected = reference.encode_batch(texts, add_special_tokens=False)
+    ids, offsets = encoder.encode(texts)
+    for i, encoding in enumerate(expected):
+        if ids[offsets[i]:offsets[i + 1]].tolist() != encoding.ids:
+            return f"{encoder.backend} differs from HF tokenizers on probe text {texts[i][:60]!r}", len(texts)
+    return None, len(texts)
 
 
 def _special_strings(spec_json: str) -> list[str]:

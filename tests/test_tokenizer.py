@@ -48,10 +48,20 @@ def test_special_token_strings_become_control_ids_unless_split(tmp_path):
 
 def test_probe_catches_a_fast_backend_that_differs():
     spec = tok.load_spec(str(TOKENIZERS / "gpt2"))
-    encoder, probe, note = tok.load_encoder(spec.json, "auto", False, ["some corpus text"])
-    assert encoder.backend == "fastokens" and probe.mismatch(encoder) is None
-    probe.ids[-1] = probe.ids[-1] + [1]
-    assert "differs from HF tokenizers" in probe.mismatch(encoder)
+    encoder, note = tok.load_encoder(spec.json, "auto", False)
+    assert encoder.backend == "fastokens"
+    assert tok.probe_mismatch(encoder, ["some corpus text"])[0] is None
+    real_encode = encoder.encode
+
+    def off_by_one(texts):
+        ids, offsets = real_encode(texts)
+        ids = ids.copy()
+        ids[offsets[-2]:] += 1  # the last probe text differs
+        return ids, offsets
+
+    encoder.encode = off_by_one
+    mismatch, count = tok.probe_mismatch(encoder, ["some corpus text"])
+    assert "differs from HF tokenizers" in mismatch and count > 20
 
 
 def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus, monkeypatch):
@@ -61,7 +71,9 @@ def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus,
 
     args = ["tokenize", str(corpus), "--tokenizer", str(TOKENIZERS / "gpt2"), "--workers", "1", "--unit-size", "256k"]
     assert CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "ref")]).exit_code == 0
-    monkeypatch.setattr(tok.Probe, "mismatch", lambda self, encoder: "fastokens differs from HF tokenizers on probe text 'x'")
+    from prep import run
+
+    monkeypatch.setattr(run, "probe_mismatch", lambda encoder, sample: ("fastokens differs from HF tokenizers on probe text 'x'", 1))
     result = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "warning: fastokens differs" in result.output

@@ -38,7 +38,7 @@ class PartWriter:
         self.tokens = 0
 
     def write(self, tokens: np.ndarray, sequence_lengths: np.ndarray, document_sequences: np.ndarray) -> None:
-        data = tokens.astype(self.dtype.newbyteorder("<"), copy=False).tobytes()
+        data = memoryview(np.ascontiguousarray(tokens, self.dtype.newbyteorder("<"))).cast("B")
         self.file.write(data)
         self.hash.update(data)
         self.tokens += len(tokens)
