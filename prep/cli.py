@@ -51,19 +51,24 @@ def main():
 @click.option("--tokenizer", required=True, help="Folder that transformers.AutoTokenizer loads, or a tokenizer.json.")
 @click.option("--recipe", type=click.Choice(["text"]), default="text", show_default=True,
               help="text: each record's text is one pretraining document.")
-@click.option("--format", "format_", type=click.Choice(["megatron"]), default="megatron", show_default=True,
-              help="Output format: Megatron .bin/.idx indexed datasets.")
+@click.option("--format", "format_", type=click.Choice(["megatron", "nanogpt"]), default="megatron", show_default=True,
+              help="megatron: .bin/.idx indexed datasets. nanogpt: token shards with a 256-int32 header and .bos.idx.")
+@click.option("--nanogpt-header", type=click.Choice(["current", "legacy"]), default="current", show_default=True,
+              help="NanoGPT shard header: current (magic 278895051, uint16 or uint32) or legacy (20240520, uint16, llm.c/modded-nanogpt).")
 @click.option("--text-key", "keys", multiple=True, default=["text"], show_default=True,
               help="Record key to tokenize; repeat for several (one dataset per key, like Megatron's --json-keys).")
-@click.option("--eod/--no-eod", default=True, show_default=True, help="Append the tokenizer's EOS as EOD to every non-empty document.")
-@click.option("--bos/--no-bos", default=False, show_default=True, help="Prepend BOS to every non-empty document.")
+@click.option("--eod/--no-eod", default=None,
+              help="Append the tokenizer's EOS as EOD to every non-empty document. Default: on for megatron, off for nanogpt.")
+@click.option("--bos/--no-bos", default=None,
+              help="Prepend BOS to every non-empty document. Default: off for megatron; on for nanogpt when the tokenizer has a BOS.")
 @click.option("--eod-token", default=None, help="Token to use as EOD instead of the tokenizer's EOS.")
 @click.option("--bos-token", default=None, help="Token to use as BOS instead of the tokenizer's own.")
 @click.option("--split-special-tokens", is_flag=True,
               help="Encode literal special-token strings in the text (e.g. '<|endoftext|>') as plain text. "
                    "Default: like HF and Megatron, such a string becomes its control id.")
-@click.option("--shard-size", "shard_tokens", callback=_size, default=None,
-              help="Start a new shard after the document that reaches this many tokens (e.g. 1G). Default: one dataset per key.")
+@click.option("--shard-size", "--shard-tokens", "shard_tokens", callback=_size, default=None,
+              help="Tokens per shard (e.g. 1G). megatron: a shard closes after the document that reaches it (default: "
+                   "one dataset per key); nanogpt: shards of exactly this many tokens (default 100M, at most 2^31-1).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes. Default: the CPUs this process may use (affinity and Slurm aware).")
 @click.option("--unit-size", "unit_bytes", callback=_size, default=None,
@@ -76,7 +81,7 @@ def main():
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
-def tokenize(inputs, output, tokenizer, recipe, format_, keys, eod, bos, eod_token, bos_token, split_special_tokens,
+def tokenize(inputs, output, tokenizer, recipe, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
              shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
     """Tokenize INPUT files (JSONL[.gz|.zst], Parquet, HF save_to_disk folders) into Megatron datasets.
 
@@ -88,7 +93,7 @@ def tokenize(inputs, output, tokenizer, recipe, format_, keys, eod, bos, eod_tok
 
     started = time.time()
     workers = workers or plan.default_workers()
-    config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe, format=format_,
+    config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe, format=format_, nanogpt_header=nanogpt_header,
                             keys=list(keys), eod=eod, bos=bos, eod_token=eod_token, bos_token=bos_token,
                             split_special_tokens=split_special_tokens, shard_tokens=shard_tokens, unit_bytes=unit_bytes,
                             workers=workers, skip_invalid=skip_invalid, backend=backend)
@@ -161,7 +166,7 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
     out = Path(manifest.get("_dir", ".")) if "_dir" in manifest else None
     stats = manifest["stats"]
     bytes_in = sum(i["bytes"] for i in manifest["inputs"])
-    bytes_out = sum(s["bin"]["bytes"] + s["idx"]["bytes"] for d in manifest["datasets"].values() for s in d["shards"])
+    bytes_out = sum(f["bytes"] for d in manifest["datasets"].values() for s in d["shards"] for f in s.values() if isinstance(f, dict))
     lines = [
         f"documents   {stats['documents']:,}" + (f" ({stats['empty_documents']:,} empty)" if stats["empty_documents"] else ""),
         f"tokens      {stats['tokens']:,}",
@@ -177,7 +182,8 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
     else:
         lines.append(f"wall        {wall:.2f}s")
     for key, dataset in manifest["datasets"].items():
-        lines.append(f"{key:<11} {dataset['dtype']}, " + " ".join(s["prefix"] for s in dataset["shards"]))
+        names = [s.get("prefix") or s["path"] for s in dataset["shards"]]
+        lines.append(f"{key:<11} {dataset['dtype']}, {len(names)} shard(s): " + " ".join(names[:4]) + (" ..." if len(names) > 4 else ""))
     click.echo("\n".join(lines))
     click.echo(f"manifest    {Path(manifest['config']['output']) / 'manifest.json'}")
 

@@ -17,12 +17,13 @@ class TokenizeConfig:
     recipe: str = "text"
     format: str = "megatron"
     keys: list[str] = field(default_factory=lambda: ["text"])
-    eod: bool = True
-    bos: bool = False
+    eod: bool | None = None  # None: the format's default (Megatron: EOD; NanoGPT: BOS)
+    bos: bool | None = None
     eod_token: str | None = None
     bos_token: str | None = None
     split_special_tokens: bool = False
     shard_tokens: int | None = None
+    nanogpt_header: str = "current"
     unit_bytes: int | None = None
     workers: int = 1
     skip_invalid: bool = False

@@ -19,7 +19,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
-from loaders.formats import indexed
+from loaders.formats import indexed, nanogpt
 from loaders.manifest import MANIFEST_NAME, ManifestError, load as load_manifest
 from prep import manifest as manifest_mod
 from prep import sources
@@ -30,6 +30,7 @@ from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_unit
 from prep.recipes.text import assemble, texts_of
 from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec, probe_mismatch
 from prep.writers import megatron
+from prep.writers import nanogpt as nanogpt_writer
 
 BATCH_BYTES = 4 << 20
 SAMPLE_BYTES = 128 << 10
@@ -118,11 +119,19 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
     """Resolve the tokenizer, check fingerprints, write or check the plan. Returns the job state."""
     out = Path(config.output)
     spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
+    nanogpt_format = config.format == "nanogpt"
+    if config.bos is None:  # NanoGPT data starts every document with BOS; Megatron's does not
+        config.bos = nanogpt_format and spec.bos_id is not None
+    if config.eod is None:  # Megatron's --append-eod; NanoGPT's BOS already delimits documents
+        config.eod = not nanogpt_format
     if config.eod and spec.eod_id is None:
         raise PrepError(f"{config.tokenizer}: the tokenizer has no EOS token to use as EOD; pass --eod-token TOKEN or --no-eod")
     if config.bos and spec.bos_id is None:
         raise PrepError(f"{config.tokenizer}: the tokenizer has no BOS token; pass --bos-token TOKEN or drop --bos")
-    dtype = indexed.optimal_dtype(spec.vocab_size)
+    try:
+        dtype = nanogpt.token_dtype(spec.vocab_size, config.nanogpt_header == "legacy") if nanogpt_format else indexed.optimal_dtype(spec.vocab_size)
+    except ValueError as exc:
+        raise PrepError(f"--nanogpt-header legacy: {exc}") from None
     fp = tokenize_fingerprint(config, spec.sha256, spec.eod_id if config.eod else None, spec.bos_id if config.bos else None, dtype.name)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
@@ -267,7 +276,12 @@ def finalize(job: dict, timings: dict) -> dict:
         raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
                         f"(first: {missing[0].path} [{missing[0].start}:{missing[0].stop}]); run the remaining tasks first")
     units = [Unit(**r["unit"]) for r in records]
-    datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtype"], job["config"]["shard_tokens"]) for key in job["keys"]}
+    shard_tokens = job["config"]["shard_tokens"]
+    if job["format"] == "nanogpt":
+        legacy = job["config"]["nanogpt_header"] == "legacy"
+        datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy) for key in job["keys"]}
+    else:
+        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens) for key in job["keys"]}
     if os.environ.get("PREP_TEST_CRASH_IN_FINALIZE"):
         os._exit(70)  # test hook: a crash after the shards, before the manifest
     plan = json.loads((workdir / "plan.json").read_text())
@@ -284,7 +298,7 @@ def finalize(job: dict, timings: dict) -> dict:
         "documents": first["documents"], "tokens": sum(d["tokens"] for d in datasets.values()),
         "empty_documents": sum(r["keys"][job["keys"][0]]["empty_documents"] for r in records),
         "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
-        "length_histogram": first["length_histogram"],
+        "length_histogram": first.get("length_histogram"),
     }
     inputs = [{"path": f["path"], "bytes": f["bytes"], "records": per_input.get(f["path"], 0)} for f in plan["inputs"]]
     manifest = manifest_mod.build("tokens", job["format"], job["fingerprint"], job["config"], job["tokenizer"],

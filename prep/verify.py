@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
+from loaders.formats import nanogpt
 from loaders.formats.indexed import IndexedDataset
 from loaders.manifest import ManifestError, load
 
@@ -26,18 +27,16 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
     except ManifestError as exc:
         return [str(exc)]
     problems = []
-    reader = _megatron_reader() if megatron else None
+    reader = _megatron_reader() if megatron and manifest["format"] == "megatron" else None
     for key, dataset in manifest["datasets"].items():
         for shard in dataset["shards"]:
-            for part in ("bin", "idx"):
-                path = out / shard[part]["path"]
-                if not path.exists():
-                    problems.append(f"{path}: missing")
-                elif path.stat().st_size != shard[part]["bytes"]:
-                    problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard[part]['bytes']}")
-                elif _hash(path) != shard[part]["xxh3_128"]:
-                    problems.append(f"{path}: checksum differs from the manifest")
-            if problems:
+            files = {name: entry for name, entry in shard.items() if isinstance(entry, dict)}
+            found = [_check_file(out / entry["path"], entry) for entry in files.values()]
+            if any(found):
+                problems += [p for p in found if p]
+                continue
+            if manifest["format"] == "nanogpt":
+                problems += _check_nanogpt(out, shard, dataset, manifest["tokenizer"].get("bos_id") if manifest["config"]["bos"] else None)
                 continue
             ds = IndexedDataset(out / shard["prefix"])
             counts = (ds.num_documents, len(ds), int(ds.sequence_lengths.sum(dtype=np.int64)))
@@ -48,6 +47,32 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
                 problems.append(f"{shard['prefix']}: dtype {ds.dtype.name} != manifest {dataset['dtype']}")
             if reader is not None:
                 problems += _check_with_megatron(reader, ds, out / shard["prefix"])
+    return problems
+
+
+def _check_file(path: Path, entry: dict) -> str | None:
+    if not path.exists():
+        return f"{path}: missing"
+    if path.stat().st_size != entry["bytes"]:
+        return f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']}"
+    if _hash(path) != entry["xxh3_128"]:
+        return f"{path}: checksum differs from the manifest"
+    return None
+
+
+def _check_nanogpt(out: Path, shard: dict, dataset: dict, bos_id: int | None) -> list[str]:
+    path = out / shard["path"]
+    try:
+        tokens = nanogpt.read_shard(path)
+    except ValueError as exc:
+        return [str(exc)]
+    problems = []
+    if len(tokens) != shard["tokens"] or tokens.dtype.name != dataset["dtype"]:
+        problems.append(f"{path}: header says {len(tokens)} {tokens.dtype.name} tokens, manifest {shard['tokens']} {dataset['dtype']}")
+    if bos_id is not None:
+        positions = nanogpt.read_bos_index(path)
+        if not np.array_equal(positions, np.flatnonzero(np.asarray(tokens) == bos_id)):
+            problems.append(f"{nanogpt.bos_index_path(path)}: does not list exactly the BOS positions of {path.name}")
     return problems
 
 
@@ -76,14 +101,17 @@ def describe(out: Path) -> str:
              f"vocab {manifest['tokenizer']['vocab_size']:,}, {manifest['tokenizer']['dtype']})",
              f"documents {stats['documents']:,}  tokens {stats['tokens']:,}  empty {stats['empty_documents']:,}  "
              f"skipped {stats['skipped_total']:,} {stats['skipped'] or ''}"]
-    hist = stats["length_histogram"]
-    peak = max(hist["counts"]) or 1
+    hist = stats["length_histogram"] or {"edges": [0], "counts": []}
+    peak = max(hist["counts"] or [1]) or 1
     lines.append("document length (tokens):")
     for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]):
         if n:
             lines.append(f"  [{lo:>8}, {hi:>8})  {n:>10,}  {'#' * max(1, round(40 * n / peak))}")
     root = Path(manifest["_dir"])
     for key, dataset in manifest["datasets"].items():
+        if manifest["format"] == "nanogpt":
+            lines.append(f"shards for {key!r}: {root}/{key}_*.bin ({len(dataset['shards'])} of up to {dataset['shard_tokens']:,} tokens)")
+            continue
         path = " ".join(f"{s['tokens']} {root / s['prefix']}" for s in dataset["shards"])
         lines.append(f"--data-path for {key!r}: {path}")
     return "\n".join(lines)

@@ -1,0 +1,69 @@
+"""NanoGPT shards: the unit parts' token stream cut into shards of a fixed token count.
+
+Each shard's header carries its final token count before the file gets its name; the BOS
+index is every position holding the BOS id, as NeMo AutoModel's own processor writes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from loaders.formats import nanogpt
+from prep.plan import Unit, fsync_dir
+from prep.writers.megatron import _copy_tokens, _write_atomic, length_histogram
+
+
+def shard_name(key: str, number: int) -> str:
+    return f"{key}_{number:06d}"
+
+
+def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
+                 bos_id: int | None, legacy: bool) -> dict:
+    """Write the shards of `key`; returns the manifest entry for this dataset."""
+    dtype = np.dtype(dtype)
+    stems = [workdir / "parts" / f"{u.id}.{key}" for u in units]
+    part_tokens = np.array([np.load(f"{s}.len.npy").sum(dtype=np.int64) for s in stems], np.int64)
+    lengths = np.concatenate([np.load(f"{s}.len.npy") for s in stems] or [np.zeros(0, np.int32)])
+    documents = sum(len(np.load(f"{s}.doc.npy", mmap_mode="r")) for s in stems)
+    total = int(part_tokens.sum())
+    size = min(shard_tokens or 100_000_000, nanogpt.MAX_TOKENS)
+    shards = []
+    for number, start in enumerate(range(0, max(total, 1), size)):
+        stop = min(start + size, total)
+        name = shard_name(key, number)
+        bos_positions: list[np.ndarray] = []
+
+        def write_bin(f, hasher, start=start, stop=stop):
+            block = nanogpt.header(stop - start, dtype, legacy)
+            f.write(block)
+            hasher.update(block)
+            _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, start, stop, dtype.itemsize,
+                         _BosScanner(f, dtype, bos_id, bos_positions), hasher)
+
+        bin_bytes, bin_hash = _write_atomic(out / f"{name}.bin", write_bin)
+        entry = {"path": f"{name}.bin", "tokens": stop - start, "bin": {"path": f"{name}.bin", "bytes": bin_bytes, "xxh3_128": bin_hash}}
+        if bos_id is not None:
+            positions = np.concatenate(bos_positions or [np.zeros(0, np.int64)]).astype("<i4")
+            idx_bytes, idx_hash = _write_atomic(nanogpt.bos_index_path(out / f"{name}.bin"),
+                                                lambda f, h: (f.write(positions.tobytes()), h.update(positions.tobytes())))
+            entry.update(bos=len(positions), bos_idx={"path": f"{name}.bos.idx", "bytes": idx_bytes, "xxh3_128": idx_hash})
+        shards.append(entry)
+    fsync_dir(out)
+    return {"dtype": dtype.name, "header": "legacy" if legacy else "current", "documents": documents,
+            "tokens": total, "shard_tokens": size, "shards": shards, "length_histogram": length_histogram(lengths)}
+
+
+class _BosScanner:
+    """A file wrapper that records the token index of every BOS in the blocks written through it."""
+
+    def __init__(self, file, dtype: np.dtype, bos_id: int | None, positions: list):
+        self.file, self.dtype, self.bos_id, self.positions, self.written = file, dtype, bos_id, positions, 0
+
+    def write(self, block: bytes) -> None:
+        self.file.write(block)
+        if self.bos_id is not None:
+            tokens = np.frombuffer(block, self.dtype.newbyteorder("<"))
+            self.positions.append(np.flatnonzero(tokens == self.bos_id) + self.written)
+        self.written += len(block) // self.dtype.itemsize
