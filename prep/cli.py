@@ -49,8 +49,20 @@ def main():
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
 @click.option("--tokenizer", required=True, help="Folder that transformers.AutoTokenizer loads, or a tokenizer.json.")
-@click.option("--recipe", type=click.Choice(["text"]), default="text", show_default=True,
-              help="text: each record's text is one pretraining document.")
+@click.option("--recipe", type=click.Choice(["text", "chat", "instruction", "completion"]), default="text", show_default=True,
+              help="text: each record's text is one pretraining document. chat: OpenAI `messages` or ShareGPT "
+                   "`conversations`, loss on assistant turns. instruction / completion: --columns mapped, loss on the answer.")
+@click.option("--chat-template", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="A .jinja chat template to use instead of the tokenizer's.")
+@click.option("--columns", default=None, help="instruction/completion: role=column pairs, e.g. context=input,question=instruction,answer=output.")
+@click.option("--preset", type=click.Choice(["default", "squad"]), default="default", show_default=True,
+              help="instruction prompt: default 'context question ' (AutoModel's); squad 'Context: .. Question: .. Answer: '.")
+@click.option("--use-chat-template", is_flag=True, help="instruction: render context/question/answer as system/user/assistant turns.")
+@click.option("--mask-reasoning", is_flag=True, help="chat: no loss on assistant reasoning_content either.")
+@click.option("--last-turn-only", is_flag=True, help="chat: loss on the last assistant turn only.")
+@click.option("--max-length", type=click.IntRange(min=1), default=None, help="SFT: longest sample in tokens (see --overlong).")
+@click.option("--overlong", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True,
+              help="SFT: what to do with a sample over --max-length; counted in the manifest either way.")
 @click.option("--format", "format_", type=click.Choice(["megatron", "nanogpt"]), default="megatron", show_default=True,
               help="megatron: .bin/.idx indexed datasets. nanogpt: token shards with a 256-int32 header and .bos.idx.")
 @click.option("--nanogpt-header", type=click.Choice(["current", "legacy"]), default="current", show_default=True,
@@ -81,7 +93,8 @@ def main():
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
-def tokenize(inputs, output, tokenizer, recipe, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
+def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, use_chat_template, mask_reasoning,
+             last_turn_only, max_length, overlong, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
              shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
     """Tokenize INPUT files (JSONL[.gz|.zst], Parquet, HF save_to_disk folders) into Megatron datasets.
 
@@ -93,7 +106,10 @@ def tokenize(inputs, output, tokenizer, recipe, format_, nanogpt_header, keys, e
 
     started = time.time()
     workers = workers or plan.default_workers()
-    config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe, format=format_, nanogpt_header=nanogpt_header,
+    column_map = _columns(columns, recipe)
+    config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe,
+                            chat_template=chat_template, columns=column_map, preset=preset, use_chat_template=use_chat_template,
+                            mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, max_length=max_length, overlong=overlong, format=format_, nanogpt_header=nanogpt_header,
                             keys=list(keys), eod=eod, bos=bos, eod_token=eod_token, bos_token=bos_token,
                             split_special_tokens=split_special_tokens, shard_tokens=shard_tokens, unit_bytes=unit_bytes,
                             workers=workers, skip_invalid=skip_invalid, backend=backend)
@@ -162,6 +178,23 @@ def inspect(output):
     click.echo(describe(Path(output)))
 
 
+def _columns(text: str | None, recipe: str) -> dict:
+    """'context=input,answer=output' -> {"context": "input", "answer": "output"}, checked for the recipe."""
+    if recipe not in ("instruction", "completion"):
+        if text:
+            raise click.BadParameter("--columns is for --recipe instruction or completion", param_hint="--columns")
+        return {}
+    if not text:
+        raise click.BadParameter(f"--recipe {recipe} needs --columns, e.g. context=input,question=instruction,answer=output",
+                                 param_hint="--columns")
+    pairs = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+    unknown = set(pairs) - {"context", "question", "answer"}
+    if unknown or "answer" not in pairs or len(pairs) != len(text.split(",")):
+        raise click.BadParameter("expected role=column pairs with roles context, question, answer (answer required)",
+                                 param_hint="--columns")
+    return pairs
+
+
 def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
     out = Path(manifest.get("_dir", ".")) if "_dir" in manifest else None
     stats = manifest["stats"]
@@ -173,6 +206,8 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
         f"bytes in    {bytes_in / 1e6:,.1f} MB in {len(manifest['inputs'])} file(s)",
         f"bytes out   {bytes_out / 1e6:,.1f} MB in {sum(len(d['shards']) for d in manifest['datasets'].values())} shard(s)",
     ]
+    if stats.get("truncated") or stats.get("dropped_overlong"):
+        lines.append(f"overlong    {stats['truncated']:,} truncated, {stats['dropped_overlong']:,} dropped")
     if stats["skipped_total"]:
         lines.append(f"skipped     {stats['skipped_total']:,}: " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items()))
     if totals is not None and totals["bytes"]:

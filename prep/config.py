@@ -25,6 +25,15 @@ class TokenizeConfig:
     shard_tokens: int | None = None
     nanogpt_header: str = "current"
     unit_bytes: int | None = None
+    # SFT recipes (chat, instruction, completion)
+    chat_template: str | None = None  # a .jinja file replacing the tokenizer's template
+    columns: dict = field(default_factory=dict)  # role (context, question, answer) -> column
+    preset: str = "default"
+    use_chat_template: bool = False
+    mask_reasoning: bool = False
+    last_turn_only: bool = False
+    max_length: int | None = None
+    overlong: str = "truncate"
     workers: int = 1
     skip_invalid: bool = False
     backend: str = "auto"
@@ -43,9 +52,11 @@ def fingerprint(values: dict) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
-def tokenize_fingerprint(config: TokenizeConfig, tokenizer_sha256: str, eod_id, bos_id, dtype: str) -> str:
-    values = {k: v for k, v in config.to_dict().items() if k not in TokenizeConfig.RUNTIME}
-    values.update(tokenizer_sha256=tokenizer_sha256, eod_id=eod_id, bos_id=bos_id, dtype=dtype)
+def tokenize_fingerprint(config: TokenizeConfig, tokenizer_sha256: str, eod_id, bos_id, dtype: str,
+                         chat_template: str | None = None) -> str:
+    values = {k: v for k, v in config.to_dict().items() if k not in TokenizeConfig.RUNTIME + ("chat_template",)}
+    values.update(tokenizer_sha256=tokenizer_sha256, eod_id=eod_id, bos_id=bos_id, dtype=dtype,
+                  chat_template_sha256=hashlib.sha256(chat_template.encode()).hexdigest() if chat_template else None)
     return fingerprint(values)
 
 

@@ -27,6 +27,8 @@ from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
                        write_json_atomic)
+from prep.recipes.chat import BadConversation
+from prep.recipes.sft import SFTOptions, SFTRecipe
 from prep.recipes.text import assemble, texts_of
 from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec, probe_mismatch
 from prep.writers import megatron
@@ -43,7 +45,8 @@ def _init_worker(state: dict | None) -> None:
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if state is not None:  # spawned, not forked: load what a fork would have inherited
-        _STATE.update(state, encoder=Encoder(state["tokenizer_json"], state["encoder_backend"], state["split_special_tokens"]))
+        _STATE.update(state, encoder=Encoder(state["tokenizer_json"], state["encoder_backend"], state["split_special_tokens"]),
+                      **_recipe_state(state, state["tokenizer_json"]))
 
 
 def run_unit(unit: Unit) -> dict:
@@ -51,10 +54,14 @@ def run_unit(unit: Unit) -> dict:
     s = _STATE
     workdir, keys, dtype, encoder = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"]), s["encoder"]
     rejects = Rejects(s["skip_invalid"])
-    writers = {key: megatron.PartWriter(workdir / "parts", unit, key, dtype) for key in keys}
+    writers = {key: megatron.PartWriter(workdir / "parts", unit, key, s["dtypes"].get(key, dtype)) for key in keys}
     records_in = 0
+    overlong = {"truncated": 0, "dropped_overlong": 0}
     try:
-        for records, locate in sources.read_unit(unit.path, unit.start, unit.stop, keys, rejects, BATCH_BYTES):
+        for records, locate in sources.read_unit(unit.path, unit.start, unit.stop, s["source_keys"], rejects, BATCH_BYTES):
+            if s["recipe"] != "text":
+                records_in += _sft_batch(records, locate, unit.path, rejects, writers, overlong)
+                continue
             texts = _texts(records, keys, locate, unit.path, rejects)
             records_in += len(texts[keys[0]][2])
             for key, (sentences, owner, kept) in texts.items():
@@ -67,9 +74,51 @@ def run_unit(unit: Unit) -> dict:
             writer.abort()
         raise
     record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "backend": encoder.backend, "records": records_in,
-              "bytes": unit.stop - unit.start, "keys": counts, "skipped": rejects.counts, "examples": rejects.examples}
+              "bytes": unit.stop - unit.start, "keys": counts, "skipped": rejects.counts, "examples": rejects.examples, **overlong}
     write_json_atomic(done_path(workdir, unit), record)
     return record
+
+
+def _sft_batch(records: list[dict], locate, path: str, rejects: Rejects, writers: dict, overlong: dict) -> int:
+    """Render, tokenize and mask one batch of SFT records; returns how many were written."""
+    s = _STATE
+    recipe, options = s["sft"], s["sft"].options
+    rendered, where = [], []
+    for j, record in enumerate(records):
+        try:
+            rendered.append(recipe.render(record))
+            where.append(j)
+        except BadConversation as exc:
+            rejects.add(path, lambda j=j: locate(j), str(exc))
+    ids, offsets = s["encoder"].encode([text for text, _ in rendered])
+    tokens, masks, lengths = [], [], []
+    for k, (text, spans) in enumerate(rendered):
+        sample = ids[offsets[k]:offsets[k + 1]]
+        mask = recipe.mask(text, spans, sample)
+        if s["bos_id"] is not None:
+            sample, mask = np.concatenate([[s["bos_id"]], sample]), np.concatenate([[0], mask]).astype(np.uint8)
+        if s["eod_id"] is not None:
+            sample, mask = np.concatenate([sample, [s["eod_id"]]]), np.concatenate([mask, [1]]).astype(np.uint8)
+        reason = "loss mask is all zeros (nothing to train on)" if not mask.any() else \
+            "loss mask is all ones (no prompt: check the template or --columns)" if mask.all() else None
+        if reason:
+            rejects.add(path, lambda j=where[k]: locate(j), reason)
+            continue
+        if options.max_length and len(sample) > options.max_length:
+            if options.overlong == "drop" or not mask[:options.max_length].any():
+                overlong["dropped_overlong"] += 1
+                continue
+            sample, mask = sample[:options.max_length], mask[:options.max_length]
+            overlong["truncated"] += 1
+        tokens.append(sample)
+        masks.append(mask)
+        lengths.append(len(sample))
+    if tokens:
+        lengths = np.array(lengths, np.int32)
+        ones = np.ones(len(lengths), np.int32)
+        writers["tokens"].write(np.concatenate(tokens), lengths, ones)
+        writers["loss_mask"].write(np.concatenate(masks), lengths, ones)
+    return len(tokens)
 
 
 def _texts(records: list[dict], keys: list[str], locate, path: str, rejects: Rejects) -> dict:
@@ -83,6 +132,19 @@ def _texts(records: list[dict], keys: list[str], locate, path: str, rejects: Rej
         rejects.add(path, lambda j=j: locate(j), bad[j])
     records = [r for j, r in enumerate(records) if j not in bad]
     return {key: texts_of(records, key, reject=None) for key in keys}
+
+
+def _recipe_state(job: dict, tokenizer_json: str) -> dict:
+    """What a worker needs besides the encoder: the SFT recipe (its template compiled once) and
+    the record keys to read."""
+    if job["recipe"] == "text":
+        return {"sft": None, "source_keys": job["keys"]}
+    c = job["config"]
+    options = SFTOptions(recipe=c["recipe"], columns=c["columns"], preset=c["preset"], use_chat_template=c["use_chat_template"],
+                         mask_reasoning=c["mask_reasoning"], last_turn_only=c["last_turn_only"], max_length=c["max_length"],
+                         overlong=c["overlong"])
+    sft = SFTRecipe(options, tokenizer_json, job["chat_template"], job["special_tokens_map"], job["eod_id"], job["bos_id"])
+    return {"sft": sft, "source_keys": list(c["columns"].values()) if c["columns"] else None}  # chat: every column
 
 
 def _sample_texts(units: list[Unit], keys: list[str]) -> list[str]:
@@ -120,10 +182,18 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
     out = Path(config.output)
     spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
     nanogpt_format = config.format == "nanogpt"
+    sft = config.recipe != "text"
+    if sft and nanogpt_format:
+        raise PrepError(f"--recipe {config.recipe} writes Megatron datasets (tokens + loss_mask); --format nanogpt is for --recipe text")
+    template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
+    if (config.recipe == "chat" or config.use_chat_template) and not template:
+        raise PrepError(f"{config.tokenizer}: the tokenizer has no chat template; pass --chat-template FILE.jinja")
     if config.bos is None:  # NanoGPT data starts every document with BOS; Megatron's does not
         config.bos = nanogpt_format and spec.bos_id is not None
-    if config.eod is None:  # Megatron's --append-eod; NanoGPT's BOS already delimits documents
-        config.eod = not nanogpt_format
+    if config.eod is None:  # Megatron's --append-eod; NanoGPT's BOS delimits documents; chat templates end turns
+        config.eod = not nanogpt_format and not (config.recipe == "chat" or config.use_chat_template)
+    if sft:
+        config.keys = ["tokens", "loss_mask"]
     if config.eod and spec.eod_id is None:
         raise PrepError(f"{config.tokenizer}: the tokenizer has no EOS token to use as EOD; pass --eod-token TOKEN or --no-eod")
     if config.bos and spec.bos_id is None:
@@ -132,7 +202,8 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         dtype = nanogpt.token_dtype(spec.vocab_size, config.nanogpt_header == "legacy") if nanogpt_format else indexed.optimal_dtype(spec.vocab_size)
     except ValueError as exc:
         raise PrepError(f"--nanogpt-header legacy: {exc}") from None
-    fp = tokenize_fingerprint(config, spec.sha256, spec.eod_id if config.eod else None, spec.bos_id if config.bos else None, dtype.name)
+    fp = tokenize_fingerprint(config, spec.sha256, spec.eod_id if config.eod else None, spec.bos_id if config.bos else None,
+                              dtype.name, template if sft else None)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
     existing = None
@@ -170,6 +241,8 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         "keys": config.keys, "dtype": dtype.name, "eod_id": spec.eod_id if config.eod else None,
         "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
         "skip_invalid": config.skip_invalid, "backend": config.backend, "format": config.format, "recipe": config.recipe,
+        "dtypes": {"loss_mask": "uint8"} if sft else {}, "chat_template": template if sft else None,
+        "special_tokens_map": spec.special_tokens_map,
     }
     write_json_atomic(state_file, {k: v for k, v in job.items() if k != "complete"})
     tmp = workdir / f".tokenizer.json.tmp.{os.getpid()}"
@@ -236,7 +309,7 @@ def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer
         return f"{encoder.backend} (ids equal to HF tokenizers on {count} probe texts)"
 
     _STATE.clear()
-    _STATE.update(job, encoder=encoder)
+    _STATE.update(job, encoder=encoder, **_recipe_state(job, tokenizer_json))
     try:
         if workers == 1:
             note = check()
@@ -281,7 +354,8 @@ def finalize(job: dict, timings: dict) -> dict:
         legacy = job["config"]["nanogpt_header"] == "legacy"
         datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy) for key in job["keys"]}
     else:
-        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens) for key in job["keys"]}
+        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens)
+                    for key in job["keys"]}
     if os.environ.get("PREP_TEST_CRASH_IN_FINALIZE"):
         os._exit(70)  # test hook: a crash after the shards, before the manifest
     plan = json.loads((workdir / "plan.json").read_text())
@@ -298,6 +372,8 @@ def finalize(job: dict, timings: dict) -> dict:
         "documents": first["documents"], "tokens": sum(d["tokens"] for d in datasets.values()),
         "empty_documents": sum(r["keys"][job["keys"][0]]["empty_documents"] for r in records),
         "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
+        "truncated": sum(r.get("truncated", 0) for r in records),
+        "dropped_overlong": sum(r.get("dropped_overlong", 0) for r in records),
         "length_histogram": first.get("length_histogram"),
     }
     inputs = [{"path": f["path"], "bytes": f["bytes"], "records": per_input.get(f["path"], 0)} for f in plan["inputs"]]

@@ -44,6 +44,8 @@ class TokenizerSpec:
     eod_id: int | None
     bos_id: int | None
     special_ids: dict = field(default_factory=dict)
+    chat_template: str | None = None
+    special_tokens_map: dict = field(default_factory=dict)
 
     def manifest(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "vocab_size": self.vocab_size,
@@ -66,7 +68,7 @@ def _resolve_folder(source: Path) -> dict:
     and the transformers version."""
     from importlib.metadata import version
 
-    digest = hashlib.sha256(version("transformers").encode())
+    digest = hashlib.sha256(f"resolved/2 transformers {version('transformers')}".encode())
     for f in sorted(p for p in source.iterdir() if p.is_file()):
         digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     cached = _cache_dir() / f"{digest.hexdigest()[:32]}.json"
@@ -84,7 +86,9 @@ def _resolve_folder(source: Path) -> dict:
     backend = getattr(auto, "backend_tokenizer", None) or getattr(auto, "_tokenizer", None)
     if backend is None:
         raise PrepError(f"{source}: {type(auto).__name__} has no fast (Rust) tokenizer to serialise")
+    template = auto.chat_template if isinstance(auto.chat_template, str) else None
     resolved = {"json": backend.to_str(), "vocab_size": len(auto), "eos": auto.eos_token, "bos": auto.bos_token,
+                "chat_template": template, "special_tokens_map": dict(auto.special_tokens_map),
                 "special_ids": {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}}
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +119,7 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         text, vocab_size, special = resolved["json"], resolved["vocab_size"], resolved["special_ids"]
         eod, bos = resolved["eos"], resolved["bos"]
         vocabulary = _vocabulary(text)
+        template, tokens_map = resolved["chat_template"], resolved["special_tokens_map"]
     elif source.is_file():
         text = source.read_text(encoding="utf-8")
         try:
@@ -125,14 +130,15 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         specials = [t["content"] for t in orjson.loads(text).get("added_tokens", []) if t.get("special")]
         eod = next((name for name in EOS_NAMES if name in specials), None)
         bos = next((name for name in BOS_NAMES if name in specials), None)
-        special = {}
+        special, template, tokens_map = {}, None, {k: v for k, v in (("eos_token", eod), ("bos_token", bos)) if v}
     else:
         raise PrepError(f"{path}: no such tokenizer folder or tokenizer.json")
     eod, bos = eod_token or eod, bos_token or bos
     spec = TokenizerSpec(
         source=str(Path(path).resolve()), json=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
         vocab_size=vocab_size, eod_id=vocabulary.get(_content(eod)), bos_id=vocabulary.get(_content(bos)),
-        special_ids={k: v for k, v in special.items() if v is not None},
+        special_ids={k: v for k, v in special.items() if v is not None}, chat_template=template,
+        special_tokens_map=tokens_map,
     )
     if eod_token and spec.eod_id is None:
         raise PrepError(f"--eod-token {eod_token!r} is not in the tokenizer's vocabulary")

@@ -34,4 +34,4 @@ def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects,
         check_columns(path, batch.schema.names, keys)
         base = rows
         rows += batch.num_rows
-        yield batch.select(keys).to_pylist(), lambda j, base=base: base + j + 1
+        yield (batch.select(keys) if keys else batch).to_pylist(), lambda j, base=base: base + j + 1

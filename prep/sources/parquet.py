@@ -29,8 +29,8 @@ def plan(path: Path, kind: str, unit_bytes: int) -> list[tuple[int, int]]:
     return units
 
 
-def check_columns(path: Path, names: list[str], keys: list[str]) -> None:
-    missing = [key for key in keys if key not in names]
+def check_columns(path: Path, names: list[str], keys: list[str] | None) -> None:
+    missing = [key for key in keys or [] if key not in names]
     if missing:
         raise BadRecord(path, None, f"no column {missing[0]!r} (columns: {', '.join(names)})")
 

@@ -1,0 +1,247 @@
+"""Chat, instruction and completion records -> rendered text + the character spans to train on.
+
+The tokenizer's own chat template renders a conversation (through transformers' renderer, so
+the text is what `apply_chat_template` gives). The trained spans are the assistant turns: their
+reasoning, content and tool calls, through the end-of-turn token the template emits after them.
+They come from the template's `{% generation %}` blocks when it has them; otherwise from a
+render in which each assistant content is wrapped in private-use markers, accepted only when
+removing the markers gives exactly the plain render; otherwise from prefix renders (the
+conversation up to each assistant turn with the generation prompt must be a prefix of the
+whole). A template that rewrites earlier turns fails all three and the record is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import orjson
+
+OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
+MARKERS = re.compile(f"[{OPEN}{CLOSE}{R_OPEN}{R_CLOSE}]")
+GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+ROLES = {"system", "developer", "user", "assistant", "tool"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "tool": "tool", "function_call": "assistant", "observation": "tool"}
+
+
+class BadConversation(ValueError):
+    """A record that can't be rendered with exact masks; the message is the reason."""
+
+
+def normalize(record: dict) -> tuple[list[dict], list | None]:
+    """(messages, tools) in OpenAI form from an OpenAI `messages` or ShareGPT `conversations` row."""
+    messages = record.get("messages")
+    if messages is None and isinstance(record.get("conversations"), list):
+        messages = []
+        for i, turn in enumerate(record["conversations"]):
+            role = SHAREGPT_ROLES.get(turn.get("from")) if isinstance(turn, dict) else None
+            if role is None:
+                raise BadConversation(f"conversations[{i}]: unknown ShareGPT role {turn.get('from') if isinstance(turn, dict) else turn!r}")
+            messages.append({"role": role, "content": turn.get("value")})
+    if not isinstance(messages, list) or not messages:
+        raise BadConversation("no 'messages' (or ShareGPT 'conversations') list in the record")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadConversation(f"messages[{i}] is not an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise BadConversation(f"messages[{i}]: unknown role {role!r}")
+        message = dict(message)
+        message["content"] = _content(message.get("content"), i)
+        if role == "tool" and not message.get("tool_call_id"):
+            raise BadConversation(f"messages[{i}]: tool message without tool_call_id")
+        if message.get("tool_calls"):
+            message["tool_calls"] = [_tool_call(call, i) for call in message["tool_calls"]]
+        reasoning = message.get("reasoning_content")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise BadConversation(f"messages[{i}]: reasoning_content is not a string")
+        out.append(message)
+    if out[-1]["role"] != "assistant":
+        raise BadConversation("the conversation ends without an assistant turn")
+    tools = record.get("tools")
+    if isinstance(tools, str):
+        try:
+            tools = orjson.loads(tools)
+        except orjson.JSONDecodeError:
+            raise BadConversation("'tools' is a string but not JSON") from None
+    if tools is not None and not isinstance(tools, list):
+        raise BadConversation("'tools' is not a list")
+    return out, tools or None
+
+
+def _content(content, i: int):
+    if content is None or isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts: text only, joined
+        texts = []
+        for j, part in enumerate(content):
+            text = part.get("text") if isinstance(part, dict) and part.get("type", "text") == "text" else None
+            if not isinstance(text, str):
+                raise BadConversation(f"messages[{i}].content[{j}] is not a text part with a string 'text'")
+            texts.append(text)
+        return "".join(texts)
+    raise BadConversation(f"messages[{i}].content is {type(content).__name__}, expected a string or text parts")
+
+
+def _tool_call(call, i: int) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise BadConversation(f"messages[{i}]: a tool call without function.name")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):  # OpenAI sends a JSON string; most templates expect the object
+        try:
+            arguments = orjson.loads(arguments) if arguments.strip() else {}
+        except orjson.JSONDecodeError:
+            raise BadConversation(f"messages[{i}]: tool call arguments are not JSON") from None
+    if not isinstance(arguments, dict):
+        raise BadConversation(f"messages[{i}]: tool call arguments are not a JSON object")
+    return {**call, "type": call.get("type", "function"), "function": {**function, "arguments": arguments}}
+
+
+class ChatTemplate:
+    """Renders conversations and finds their trained character spans."""
+
+    def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
+                 last_turn_only: bool = False):
+        from transformers.utils.chat_template_utils import render_jinja_template
+
+        self._render_jinja = render_jinja_template
+        self.template, self.special_tokens = template, special_tokens
+        self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
+        self.generation = bool(GENERATION.search(template))
+        # Templates differ on tool-call arguments: an object (HF's convention) or a JSON string
+        # (DeepSeek-V3 concatenates them). Ask the template once.
+        self.string_arguments = False
+        call = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "",
+                 "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]
+        try:
+            self.render(call, None)
+        except BadConversation:
+            self.string_arguments = True
+        probe = self.render([{"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
+        # The end-of-turn token: the added token the template emits right after assistant content.
+        after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
+        self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
+
+    def render(self, messages: list[dict], tools, generation_prompt: bool = False, indices: bool = False):
+        """The rendered text, or (text, generation spans) with `indices`."""
+        try:
+            rendered, spans = self._render_jinja([messages], tools=tools, chat_template=self.template,
+                                                 add_generation_prompt=generation_prompt,
+                                                 return_assistant_tokens_mask=indices, **self.special_tokens)
+        except Exception as exc:  # jinja's raise_exception and template errors are data problems here
+            raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
+        return (rendered[0], spans[0]) if indices else rendered[0]
+
+    def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
+        """(rendered text, trained character spans in order)."""
+        if self.string_arguments:
+            messages = [_with_string_arguments(m) for m in messages]
+        assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if self.generation:
+            text, indices = self.render(messages, tools, indices=True)
+            spans = [tuple(s) for s in indices]
+            if len(spans) != len(assistants):
+                raise BadConversation(f"the template's generation blocks give {len(spans)} spans for {len(assistants)} assistant turns")
+            spans = [self._without_reasoning(text, s, messages[i]) for s, i in zip(spans, assistants)]
+        else:
+            text = self.render(messages, tools)
+            spans = self._marked_spans(messages, tools, text, assistants) or self._prefix_spans(messages, tools, text, assistants)
+        if self.last_turn_only:
+            spans = spans[-1:]
+        return text, [s for s in spans if s[1] > s[0]]
+
+    def _end(self, text: str, position: int, limit: int) -> int:
+        """The end of the turn whose trained text runs to `position`: just past the end-of-turn token."""
+        if not self.end_of_turn:
+            return position
+        found = text.find(self.end_of_turn, position, limit)
+        if found < 0:
+            raise BadConversation("no end-of-turn token after an assistant turn; the template makes the span ambiguous")
+        return found + len(self.end_of_turn)
+
+    def _marked_spans(self, messages, tools, text, assistants):
+        """Spans from one render with marked assistant content, or None when markers don't round-trip."""
+        marked = copy.deepcopy(messages)
+        for i in assistants:
+            if not marked[i].get("content"):
+                return None  # tool-call-only turns: nothing to mark
+            marked[i]["content"] = OPEN + marked[i]["content"] + CLOSE
+            if marked[i].get("reasoning_content"):
+                marked[i]["reasoning_content"] = R_OPEN + marked[i]["reasoning_content"] + R_CLOSE
+        rendered = self.render(marked, tools)
+        if MARKERS.sub("", rendered) != text:
+            return None
+        positions, removed = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}, 0
+        for match in MARKERS.finditer(rendered):
+            positions[match.group()].append(match.start() - removed)
+            removed += 1
+        if len(positions[OPEN]) != len(assistants) or len(positions[CLOSE]) != len(assistants):
+            return None
+        reasoning = [bool(messages[i].get("reasoning_content")) for i in assistants]
+        if len(positions[R_OPEN]) != sum(reasoning):
+            return None
+        r_starts, r_ends = iter(positions[R_OPEN]), iter(positions[R_CLOSE])
+        spans = []
+        for k, (start, end) in enumerate(zip(positions[OPEN], positions[CLOSE])):
+            if reasoning[k]:
+                r_start, r_end = next(r_starts), next(r_ends)
+                start = start if self.mask_reasoning else min(start, r_start)
+            limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
+            spans.append((start, self._end(text, end, limit)))
+        return spans
+
+    def _prefix_spans(self, messages, tools, text, assistants):
+        spans = []
+        for k, i in enumerate(assistants):
+            prompt = self.render(messages[:i], tools, generation_prompt=True)
+            if not text.startswith(prompt):
+                raise BadConversation("the chat template renders earlier turns differently once later turns exist; "
+                                      "assistant spans would be ambiguous")
+            start = len(prompt)
+            span = (start, self._end(text, start, len(text)))
+            spans.append(self._without_reasoning(text, span, messages[i]))
+        return spans
+
+    def _without_reasoning(self, text: str, span: tuple[int, int], message: dict) -> tuple[int, int]:
+        reasoning = message.get("reasoning_content")
+        if not (self.mask_reasoning and reasoning):
+            return span
+        at = text.find(reasoning, span[0], span[1])
+        if at < 0:
+            return span  # the template does not render reasoning: nothing to mask
+        return (at + len(reasoning), span[1])
+
+
+def _with_string_arguments(message: dict) -> dict:
+    if not message.get("tool_calls"):
+        return message
+    calls = [{**c, "function": {**c["function"], "arguments": orjson.dumps(c["function"]["arguments"]).decode()}}
+             for c in message["tool_calls"]]
+    return {**message, "tool_calls": calls}
+
+
+def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, list[tuple[int, int]]]:
+    """Prompt + answer text and the answer's span, for the instruction and completion recipes.
+
+    default: the prompt is context and question joined by spaces, then a space (AutoModel's
+    ColumnMappedTextInstructionDataset); squad: "Context: {c} Question: {q} Answer: ";
+    completion: the context, then the gold continuation as it is."""
+    values = {}
+    for role, column in columns.items():
+        value = record.get(column)
+        if value is not None and not isinstance(value, str):
+            raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
+        values[role] = value
+    answer = values.get("answer")
+    if answer is None:
+        raise BadConversation(f"missing answer column {columns.get('answer')!r}")
+    if preset == "squad":
+        prompt = f"Context: {values.get('context') or ''} Question: {values.get('question') or ''} Answer: "
+    elif preset == "completion":
+        prompt = values.get("context") or ""
+    else:
+        prompt = " ".join(v for v in (values.get("context"), values.get("question"), "") if v is not None)
+    return prompt + answer, [(len(prompt), len(prompt) + len(answer))]
