@@ -61,6 +61,11 @@ def main():
 @click.option("--mask-reasoning", is_flag=True, help="chat: no loss on assistant reasoning_content either.")
 @click.option("--last-turn-only", is_flag=True, help="chat: loss on the last assistant turn only.")
 @click.option("--max-length", type=click.IntRange(min=1), default=None, help="SFT: longest sample in tokens (see --overlong).")
+@click.option("--pack", type=click.IntRange(min=1), default=None,
+              help="SFT: pack samples into packs of at most N tokens (best-fit decreasing; a pack is one Megatron document).")
+@click.option("--pack-window", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="SFT: samples considered together when packing (bounds memory).")
+@click.option("--seed", type=int, default=1234, show_default=True, help="Seed for packing order and tie-breaks.")
 @click.option("--overlong", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True,
               help="SFT: what to do with a sample over --max-length; counted in the manifest either way.")
 @click.option("--format", "format_", type=click.Choice(["megatron", "nanogpt"]), default="megatron", show_default=True,
@@ -94,7 +99,7 @@ def main():
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=_load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
 def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, use_chat_template, mask_reasoning,
-             last_turn_only, max_length, overlong, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
+             last_turn_only, max_length, pack, pack_window, seed, overlong, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
              shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
     """Tokenize INPUT files (JSONL[.gz|.zst], Parquet, HF save_to_disk folders) into Megatron datasets.
 
@@ -109,7 +114,8 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
     column_map = _columns(columns, recipe)
     config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe,
                             chat_template=chat_template, columns=column_map, preset=preset, use_chat_template=use_chat_template,
-                            mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, max_length=max_length, overlong=overlong, format=format_, nanogpt_header=nanogpt_header,
+                            mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, max_length=max_length, overlong=overlong,
+                            pack=pack, pack_window=pack_window, seed=seed, format=format_, nanogpt_header=nanogpt_header,
                             keys=list(keys), eod=eod, bos=bos, eod_token=eod_token, bos_token=bos_token,
                             split_special_tokens=split_special_tokens, shard_tokens=shard_tokens, unit_bytes=unit_bytes,
                             workers=workers, skip_invalid=skip_invalid, backend=backend)
@@ -206,6 +212,9 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
         f"bytes in    {bytes_in / 1e6:,.1f} MB in {len(manifest['inputs'])} file(s)",
         f"bytes out   {bytes_out / 1e6:,.1f} MB in {sum(len(d['shards']) for d in manifest['datasets'].values())} shard(s)",
     ]
+    if stats.get("packing"):
+        p = stats["packing"]
+        lines.append(f"packing     {p['samples']:,} samples in {p['packs']:,} packs of {p['capacity']:,}: {100 * p['efficiency']:.2f}% full")
     if stats.get("truncated") or stats.get("dropped_overlong"):
         lines.append(f"overlong    {stats['truncated']:,} truncated, {stats['dropped_overlong']:,} dropped")
     if stats["skipped_total"]:

@@ -34,6 +34,9 @@ class TokenizeConfig:
     last_turn_only: bool = False
     max_length: int | None = None
     overlong: str = "truncate"
+    pack: int | None = None  # pack capacity in tokens
+    pack_window: int = 20_000
+    seed: int = 1234
     workers: int = 1
     skip_invalid: bool = False
     backend: str = "auto"

@@ -25,6 +25,7 @@ from prep import manifest as manifest_mod
 from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
+from prep.pack import plan_packs
 from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
@@ -194,6 +195,11 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         config.eod = not nanogpt_format and not (config.recipe == "chat" or config.use_chat_template)
     if sft:
         config.keys = ["tokens", "loss_mask"]
+    if config.pack:
+        if not sft:
+            raise PrepError("--pack is for the SFT recipes (chat, instruction, completion)")
+        if config.max_length is None or config.max_length > config.pack:
+            config.max_length = config.pack  # a sample longer than a pack could not be placed
     if config.eod and spec.eod_id is None:
         raise PrepError(f"{config.tokenizer}: the tokenizer has no EOS token to use as EOD; pass --eod-token TOKEN or --no-eod")
     if config.bos and spec.bos_id is None:
@@ -354,8 +360,16 @@ def finalize(job: dict, timings: dict) -> dict:
         legacy = job["config"]["nanogpt_header"] == "legacy"
         datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy) for key in job["keys"]}
     else:
-        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens)
+        packs = None
+        if job["config"].get("pack"):
+            lengths = megatron.part_lengths(workdir, units, job["keys"][0])
+            packs = plan_packs(lengths, job["config"]["pack"], job["config"]["pack_window"], job["config"]["seed"])
+        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens, packs)
                     for key in job["keys"]}
+        if packs is not None:
+            first = datasets[job["keys"][0]]
+            first["packing"] = {"capacity": job["config"]["pack"], "packs": first["documents"], "samples": first["sequences"],
+                                "efficiency": round(first["tokens"] / max(1, first["documents"] * job["config"]["pack"]), 6)}
     if os.environ.get("PREP_TEST_CRASH_IN_FINALIZE"):
         os._exit(70)  # test hook: a crash after the shards, before the manifest
     plan = json.loads((workdir / "plan.json").read_text())
@@ -375,6 +389,7 @@ def finalize(job: dict, timings: dict) -> dict:
         "truncated": sum(r.get("truncated", 0) for r in records),
         "dropped_overlong": sum(r.get("dropped_overlong", 0) for r in records),
         "length_histogram": first.get("length_histogram"),
+        **({"packing": first["packing"]} if "packing" in first else {}),
     }
     inputs = [{"path": f["path"], "bytes": f["bytes"], "records": per_input.get(f["path"], 0)} for f in plan["inputs"]]
     manifest = manifest_mod.build("tokens", job["format"], job["fingerprint"], job["config"], job["tokenizer"],

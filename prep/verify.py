@@ -77,8 +77,12 @@ def _check_nanogpt(out: Path, shard: dict, dataset: dict, bos_id: int | None) ->
 
 
 def _megatron_reader():
+    import warnings
+
     try:
-        from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
+        with warnings.catch_warnings():  # megatron-core warns about optional GPU libraries on import
+            warnings.simplefilter("ignore")
+            from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
     except Exception:  # megatron-core is an optional, heavy dependency
         return None
     return MegatronIndexedDataset

@@ -117,8 +117,17 @@ def _write_atomic(path: Path, write) -> tuple[int, str]:
     return size, hasher.hexdigest()
 
 
-def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None) -> dict:
-    """Merge the parts of `key` into shards; returns the manifest entry for this dataset."""
+def part_lengths(workdir: Path, units: list[Unit], key: str) -> np.ndarray:
+    """Sequence lengths of every unit's part of `key`, in unit order."""
+    return np.concatenate([np.load(workdir / "parts" / f"{u.id}.{key}.len.npy") for u in units] or [np.zeros(0, np.int32)])
+
+
+def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
+                 packs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+    """Merge the parts of `key` into shards; returns the manifest entry for this dataset.
+
+    With `packs` (order, pack sizes from prep.pack), sequences are written in that order and
+    each pack is one document whose sequences are its samples."""
     dtype = np.dtype(dtype)
     parts = workdir / "parts"
     stems = [parts / f"{u.id}.{key}" for u in units]
@@ -128,6 +137,12 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
     sequence_lengths = np.concatenate(lengths or [np.zeros(0, np.int32)])
     document_index = np.zeros(len(documents) + 1, np.int64)
     np.cumsum(documents, out=document_index[1:])
+    sample_lengths = sequence_lengths
+    if packs is not None:
+        order, sizes = packs
+        source_starts = np.concatenate([[0], np.cumsum(sequence_lengths, dtype=np.int64)])[order]
+        sequence_lengths = sequence_lengths[order]
+        document_index = np.concatenate([[0], np.cumsum(sizes)])
     token_ends = np.cumsum(sequence_lengths, dtype=np.int64)
 
     bounds = _shard_bounds(document_index, token_ends, shard_tokens)
@@ -138,8 +153,11 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
         t0 = int(token_ends[s0 - 1]) if s0 else 0
         t1 = int(token_ends[s1 - 1]) if s1 else 0
         bin_file, idx_file = indexed.bin_path(out / name), indexed.idx_path(out / name)
-        bin_bytes, bin_hash = _write_atomic(
-            bin_file, lambda f, h: _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h))
+        if packs is None:
+            write = lambda f, h: _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h)  # noqa: E731
+        else:
+            write = lambda f, h: _gather_tokens(stems, part_tokens, source_starts[s0:s1], sequence_lengths[s0:s1], dtype, f, h)  # noqa: E731
+        bin_bytes, bin_hash = _write_atomic(bin_file, write)
         buffers = indexed.encode_index(dtype, sequence_lengths[s0:s1], document_index[d0:d1 + 1] - s0)
         idx_bytes, idx_hash = _write_atomic(idx_file, lambda f, h: [(f.write(b), h.update(b)) for b in buffers])
         shards.append({
@@ -148,10 +166,27 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
             "idx": {"path": idx_file.name, "bytes": idx_bytes, "xxh3_128": idx_hash},
         })
     fsync_dir(out)
-    doc_tokens = np.diff(np.concatenate([[0], token_ends])[document_index]) if len(documents) else np.zeros(0, np.int64)
-    return {"dtype": dtype.name, "documents": len(documents), "sequences": len(sequence_lengths),
+    doc_tokens = np.diff(np.concatenate([[0], token_ends])[document_index]) if len(document_index) > 1 else np.zeros(0, np.int64)
+    return {"dtype": dtype.name, "documents": len(document_index) - 1, "sequences": len(sequence_lengths),
             "tokens": int(token_ends[-1]) if len(token_ends) else 0, "shards": shards,
-            "length_histogram": length_histogram(doc_tokens)}
+            "length_histogram": length_histogram(sample_lengths if packs is not None else doc_tokens)}
+
+
+def _gather_tokens(stems: list[Path], part_tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, dtype, out, hasher) -> None:
+    """Write the sequences at global token offsets `starts` (in this order) from the unit parts."""
+    parts = [np.memmap(f"{s}.bin", dtype=dtype, mode="r") if n else np.zeros(0, dtype) for s, n in zip(stems, part_tokens)]
+    part_starts = np.concatenate([[0], np.cumsum(part_tokens)])
+    which = np.searchsorted(part_starts, starts, "right") - 1
+    buffer = bytearray()
+    for part, start, length in zip(which, starts, lengths):
+        local = int(start - part_starts[part])
+        buffer += parts[part][local:local + int(length)].tobytes()
+        if len(buffer) >= COPY_BLOCK:
+            out.write(buffer)
+            hasher.update(buffer)
+            buffer = bytearray()
+    out.write(buffer)
+    hasher.update(buffer)
 
 
 def length_histogram(doc_tokens: np.ndarray) -> dict:
