@@ -11,6 +11,13 @@ of peak RSS (memory must stay flat in corpus size).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Before any other import: run as a script, bench/ would be first on the path and this
+# folder's tokenize.py would shadow the standard library's.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 import argparse
 import json
 import multiprocessing as mp
@@ -23,7 +30,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def _deepseek() -> str:

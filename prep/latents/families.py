@@ -36,18 +36,7 @@ from prep.errors import PrepError
 
 FAMILIES = ("flux", "wan", "hunyuan")
 WAN_TEXT_TOKENS = 226
-HUNYUAN_TEXT_TOKENS = 256
-# HunyuanVideoPipeline's default prompt template (the LLaMA system prompt; crop_start 95).
-HUNYUAN_TEMPLATE = (
-    "<|start_header_id|>system<|end_header_id|>\n\nDescribe the video by detailing the following aspects: "
-    "1. The main content and theme of the video."
-    "2. The color, shape, size, texture, quantity, text, and spatial relationships of the objects."
-    "3. Actions, events, behaviors temporal relationships, physical movement changes of the objects."
-    "4. background environment, light, shadow, and texture."
-    "5. camera angles, movements, and transitions used in the video:<|eot_id|>"
-    "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|>"
-)
-HUNYUAN_CROP_START = 95
+HUNYUAN_TEXT_TOKENS = 256  # HunyuanVideoPipeline.encode_prompt max_sequence_length
 
 
 @dataclass
@@ -270,6 +259,7 @@ class Hunyuan(Family):
 
     def load(self) -> None:
         from diffusers import AutoencoderKLHunyuanVideo
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
         from transformers import AutoModel, AutoTokenizer, CLIPTextModel
 
         c, text_dtype = self.components, _text_dtype(self.device, self.precision)
@@ -277,6 +267,7 @@ class Hunyuan(Family):
         llama = AutoModel.from_pretrained(c.text_encoders[0], dtype=text_dtype).to(self.device).eval()
         clip = CLIPTextModel.from_pretrained(c.text_encoders[1], dtype=text_dtype).to(self.device).eval()
         self.encoders = [llama, clip]
+        self.template, self.crop_start = DEFAULT_PROMPT_TEMPLATE["template"], DEFAULT_PROMPT_TEMPLATE["crop_start"]
         self.tokenizers = [AutoTokenizer.from_pretrained(p) for p in c.tokenizers]
         for tok in self.tokenizers:
             if tok.pad_token is None:
@@ -289,12 +280,12 @@ class Hunyuan(Family):
             z = _posterior(self.vae, self.pixels_to_tensor(pixels, self.device), seeds, self.deterministic)
             latents = (z * scale).to(torch.float16).cpu()
             llama_tok, clip_tok = self.tokenizers
-            inputs = llama_tok([HUNYUAN_TEMPLATE.format(c) for c in captions], max_length=HUNYUAN_TEXT_TOKENS + HUNYUAN_CROP_START,
+            inputs = llama_tok([self.template.format(c) for c in captions], max_length=HUNYUAN_TEXT_TOKENS + self.crop_start,
                                padding="max_length", truncation=True, return_tensors="pt", return_attention_mask=True)
             out = self.encoders[0](input_ids=inputs.input_ids.to(self.device), attention_mask=inputs.attention_mask.to(self.device),
                                    output_hidden_states=True)
-            embeds = out.hidden_states[-3][:, HUNYUAN_CROP_START:].to(torch.bfloat16).cpu()
-            mask = inputs.attention_mask[:, HUNYUAN_CROP_START:].clone()
+            embeds = out.hidden_states[-3][:, self.crop_start:].to(torch.bfloat16).cpu()
+            mask = inputs.attention_mask[:, self.crop_start:].clone()
             clip_ids = clip_tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
             pooled = self.encoders[1](clip_ids.to(self.device)).pooler_output.to(torch.bfloat16).cpu()
         return [{"video_latents": latents[i:i + 1].clone(), "text_embeddings": embeds[i:i + 1].clone(), "text_mask": mask[i:i + 1].clone(),

@@ -12,7 +12,6 @@ whole). A template that rewrites earlier turns fails all three and the record is
 
 from __future__ import annotations
 
-import copy
 import re
 
 import orjson
@@ -105,9 +104,10 @@ class ChatTemplate:
 
     def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
                  last_turn_only: bool = False):
-        from transformers.utils.chat_template_utils import render_jinja_template
+        from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
 
         self._render_jinja = render_jinja_template
+        self._compiled = _compile_jinja_template(template)
         self.template, self.special_tokens = template, special_tokens
         self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
         self.generation = bool(GENERATION.search(template))
@@ -120,13 +120,24 @@ class ChatTemplate:
             self.render(call, None)
         except BadConversation:
             self.string_arguments = True
+        # Does the template insert assistant content and reasoning verbatim? Then one marked
+        # render per record is enough; otherwise every record is also rendered plain to check.
+        self.faithful = all(self._marks_round_trip(messages) for messages in _PROBES)
         probe = self.render([{"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
         # The end-of-turn token: the added token the template emits right after assistant content.
         after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
         self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
 
     def render(self, messages: list[dict], tools, generation_prompt: bool = False, indices: bool = False):
-        """The rendered text, or (text, generation spans) with `indices`."""
+        """The rendered text, or (text, generation spans) with `indices`: what transformers'
+        `apply_chat_template` renders (our records are plain JSON already, so only the
+        reasoning aliases it adds are needed before calling the compiled template)."""
+        if not indices:
+            try:
+                return self._compiled.render(messages=_alias_reasoning(messages), tools=tools, documents=None,
+                                             add_generation_prompt=generation_prompt, **self.special_tokens)
+            except Exception as exc:
+                raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
         try:
             rendered, spans = self._render_jinja([messages], tools=tools, chat_template=self.template,
                                                  add_generation_prompt=generation_prompt,
@@ -147,8 +158,10 @@ class ChatTemplate:
                 raise BadConversation(f"the template's generation blocks give {len(spans)} spans for {len(assistants)} assistant turns")
             spans = [self._without_reasoning(text, s, messages[i]) for s, i in zip(spans, assistants)]
         else:
-            text = self.render(messages, tools)
-            spans = self._marked_spans(messages, tools, text, assistants) or self._prefix_spans(messages, tools, text, assistants)
+            text, spans = self._marked_spans(messages, tools, assistants)
+            if spans is None:
+                text = self.render(messages, tools)
+                spans = self._prefix_spans(messages, tools, text, assistants)
         if self.last_turn_only:
             spans = spans[-1:]
         return text, [s for s in spans if s[1] > s[0]]
@@ -162,27 +175,41 @@ class ChatTemplate:
             raise BadConversation("no end-of-turn token after an assistant turn; the template makes the span ambiguous")
         return found + len(self.end_of_turn)
 
-    def _marked_spans(self, messages, tools, text, assistants):
-        """Spans from one render with marked assistant content, or None when markers don't round-trip."""
-        marked = copy.deepcopy(messages)
-        for i in assistants:
-            if not marked[i].get("content"):
+    def _marked(self, messages: list[dict]) -> list[dict] | None:
+        """Messages with assistant content (and reasoning) wrapped in markers; None when a turn has no content."""
+        marked = list(messages)
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            if not message.get("content"):
                 return None  # tool-call-only turns: nothing to mark
-            marked[i]["content"] = OPEN + marked[i]["content"] + CLOSE
-            if marked[i].get("reasoning_content"):
-                marked[i]["reasoning_content"] = R_OPEN + marked[i]["reasoning_content"] + R_CLOSE
+            marked[i] = {**message, "content": OPEN + message["content"] + CLOSE}
+            if message.get("reasoning_content"):
+                marked[i]["reasoning_content"] = R_OPEN + message["reasoning_content"] + R_CLOSE
+        return marked
+
+    def _marks_round_trip(self, messages: list[dict]) -> bool:
+        return MARKERS.sub("", self.render(self._marked(messages), None)) == self.render(messages, None)
+
+    def _marked_spans(self, messages, tools, assistants):
+        """(text, spans) from one render with marked assistant content, or (None, None) when the
+        markers don't round-trip (checked on every record unless the template is faithful)."""
+        marked = self._marked(messages)
+        if marked is None:
+            return None, None
         rendered = self.render(marked, tools)
-        if MARKERS.sub("", rendered) != text:
-            return None
+        text = MARKERS.sub("", rendered)
+        if not self.faithful and text != self.render(messages, tools):
+            return None, None
         positions, removed = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}, 0
         for match in MARKERS.finditer(rendered):
             positions[match.group()].append(match.start() - removed)
             removed += 1
         if len(positions[OPEN]) != len(assistants) or len(positions[CLOSE]) != len(assistants):
-            return None
+            return None, None
         reasoning = [bool(messages[i].get("reasoning_content")) for i in assistants]
         if len(positions[R_OPEN]) != sum(reasoning):
-            return None
+            return None, None
         r_starts, r_ends = iter(positions[R_OPEN]), iter(positions[R_CLOSE])
         spans = []
         for k, (start, end) in enumerate(zip(positions[OPEN], positions[CLOSE])):
@@ -191,7 +218,7 @@ class ChatTemplate:
                 start = start if self.mask_reasoning else min(start, r_start)
             limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
             spans.append((start, self._end(text, end, limit)))
-        return spans
+        return text, spans
 
     def _prefix_spans(self, messages, tools, text, assistants):
         spans = []
@@ -213,6 +240,25 @@ class ChatTemplate:
         if at < 0:
             return span  # the template does not render reasoning: nothing to mask
         return (at + len(reasoning), span[1])
+
+
+# Conversations that expose templates which change assistant content: whitespace, think tags, reasoning.
+_PROBES = [
+    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+    [{"role": "system", "content": " s "}, {"role": "user", "content": " u\n"}, {"role": "assistant", "content": "  a b \n"},
+     {"role": "user", "content": "v"}, {"role": "assistant", "content": "\nc "}],
+    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>t</think>a", "reasoning_content": " r "},
+     {"role": "user", "content": "v"}, {"role": "assistant", "content": "x</think> y", "reasoning_content": "q"}],
+]
+
+
+def _alias_reasoning(messages: list[dict]) -> list[dict]:
+    """transformers' aliasing: reasoning under any of its names is also `reasoning_content` and `thinking`."""
+    out = []
+    for message in messages:
+        reasoning = next((message[k] for k in ("reasoning_content", "thinking", "reasoning") if message.get(k) is not None), None)
+        out.append(message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning})
+    return out
 
 
 def _with_string_arguments(message: dict) -> dict:

@@ -45,10 +45,15 @@ def token_byte_lengths(spec_json: str) -> np.ndarray | None:
 
 def span_mask(token_starts: np.ndarray, token_ends: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     """1 for every token whose [start, end) overlaps a span (all in the same units)."""
-    mask = np.zeros(len(token_starts), np.uint8)
-    for start, end in spans:
-        mask[np.searchsorted(token_ends, start, "right"):np.searchsorted(token_starts, end, "left")] = 1
-    return mask
+    if not spans:
+        return np.zeros(len(token_starts), np.uint8)
+    bounds = np.asarray(spans, np.int64)
+    first = np.searchsorted(token_ends, bounds[:, 0], "right")  # first token ending after the span starts
+    stop = np.searchsorted(token_starts, bounds[:, 1], "left")  # first token starting at or after its end
+    edges = np.zeros(len(token_starts) + 1, np.int64)
+    np.add.at(edges, first, 1)
+    np.add.at(edges, np.maximum(stop, first), -1)
+    return (np.cumsum(edges[:-1]) > 0).astype(np.uint8)
 
 
 @dataclass
@@ -107,6 +112,6 @@ class SFTRecipe:
 
     def mask(self, text: str, spans: list[tuple[int, int]], ids: np.ndarray) -> np.ndarray:
         starts, ends, raw = self.offsets(text, ids)
-        if raw is not None:  # character spans -> byte spans
+        if raw is not None and len(raw) != len(text):  # non-ASCII: character spans -> byte spans
             spans = [(len(text[:a].encode()), len(text[:b].encode())) for a, b in spans]
         return span_mask(starts, ends, spans)
