@@ -24,7 +24,11 @@ def _load_config_file(ctx: click.Context, param, value):
             raise click.BadParameter(f"{value}: {exc}") from None
         if not isinstance(data, dict):
             raise click.BadParameter(f"{value}: expected a mapping of option names to values")
-        ctx.default_map = {**(ctx.default_map or {}), **{k.replace("-", "_"): v for k, v in data.items()}}
+        names = {opt.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for opt in p.opts}
+        unknown = [k for k in data if k.replace("-", "_") not in names]
+        if unknown:
+            raise click.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
+        ctx.default_map = {**(ctx.default_map or {}), **{names[k.replace("-", "_")]: v for k, v in data.items()}}
     return value
 
 

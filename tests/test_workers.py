@@ -34,3 +34,16 @@ def test_array_tasks_then_finalize_give_the_same_bytes(tmp_path, corpus, referen
     prep("finalize", out)
     assert read_bytes(out) == reference
     assert early is None
+
+
+def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path, corpus):
+    config = tmp_path / "job.yaml"
+    config.write_text("text-key: [text]\neod: false\nshard-size: 100k\nworkers: 2\n")
+    prep("tokenize", corpus, "-o", tmp_path / "a", "--tokenizer", TOKENIZERS / "gpt2", "--config", config)
+    prep("tokenize", corpus, "-o", tmp_path / "b", "--tokenizer", TOKENIZERS / "gpt2", "--no-eod", "--shard-size", "100k")
+    assert read_bytes(tmp_path / "a") == read_bytes(tmp_path / "b")
+    prep("tokenize", corpus, "-o", tmp_path / "c", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, "--eod")
+    assert read_bytes(tmp_path / "c") != read_bytes(tmp_path / "a")
+    config.write_text("no-such-option: 1\n")
+    bad = prep("tokenize", corpus, "-o", tmp_path / "d", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, check=False)
+    assert bad.returncode == 2 and "no-such-option" in bad.stderr
