@@ -15,7 +15,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0 -e '.[test,demo]'
+	$(PY) -m pip install -q torch==2.13.0 -e '.[test,demo,latents]'
 	$(PY) -m pip install -q --no-deps nemo-automodel==0.7.0
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -159,6 +159,11 @@ def finalize(output):
     if not job_file.exists():
         raise PrepError(f"{output}: no prep run here (no .prep/job.json)")
     job = {**json.loads(job_file.read_text()), "complete": False}
+    if job.get("kind") == "latents":
+        from prep.latents import stage
+
+        click.echo(stage.summary(stage.finalize(job, {"wall_s": None}), None, time.time() - started))
+        return
     manifest = run.finalize(job, {"wall_s": None})
     _summary(manifest, None, time.time() - started)
 
@@ -235,6 +240,14 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
     click.echo("\n".join(lines))
     click.echo(f"manifest    {Path(manifest['config']['output']) / 'manifest.json'}")
 
+
+def _register_stages() -> None:
+    from prep.latents.cli import latents  # a thin click command: heavy imports happen when it runs
+
+    main.add_command(latents)
+
+
+_register_stages()
 
 if __name__ == "__main__":
     main()

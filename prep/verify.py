@@ -26,6 +26,10 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
         manifest = load(out)
     except ManifestError as exc:
         return [str(exc)]
+    if manifest["kind"] == "latents":
+        from prep.latents import stage
+
+        return stage.verify(out)
     problems = []
     reader = _megatron_reader() if megatron and manifest["format"] == "megatron" else None
     for key, dataset in manifest["datasets"].items():

@@ -31,7 +31,7 @@ from prep.errors import PrepError
               help="Video frames sampled evenly over each video (np.linspace over its frame count); "
                    "Wan and HunyuanVideo take the largest 4n+1 not above it. Shorter videos give all their frames.")
 @click.option("--device", default="cpu", show_default=True,
-              help="cpu, cuda (one encoder process per visible GPU, units shared by work stealing), or cuda:N.")
+              help="cpu, cuda (one encoder process per visible GPU, units shared by work stealing), cuda:N, or a list: cuda:0,cuda:1.")
 @click.option("--precision", type=click.Choice(["bf16", "fp16", "fp32"]), default=None,
               help="Autocast dtype on CUDA. Default: bf16 on CUDA, fp32 on CPU.")
 @click.option("--deterministic/--sample", default=None,

@@ -139,7 +139,13 @@ class Family:
         _quiet()
         self.components, self.device, self.precision = components, torch.device(device), precision
         self.deterministic = deterministic
-        self.load()
+        try:
+            self.load()
+        except PrepError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:  # a wrong or incomplete model folder
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PrepError(f"{self.name}: could not load the models ({components.vae.parent}): {message}") from None
 
     def load(self) -> None:
         raise NotImplementedError

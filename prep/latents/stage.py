@@ -22,7 +22,9 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import queue
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,7 +77,8 @@ def hash_folder(folder: Path) -> str:
     """xxh3-128 over every file of a component folder (names and bytes, sorted): weights, config,
     tokenizer files. Reads 16 MiB at a time."""
     digest = xxhash.xxh3_128()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    files = (p for p in folder.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for path in sorted(files):
         digest.update(str(path.relative_to(folder)).encode() + b"\0")
         with open(path, "rb") as f:
             while chunk := f.read(16 << 20):
@@ -95,7 +98,7 @@ def fingerprint_of(settings: dict) -> str:
 def _settings(config: LatentsConfig, family, encoders: dict, table: list[buckets.Bucket], quantization: int) -> dict:
     return {
         "family": config.family, "encoders": {role: e[WEIGHT_HASH] for role, e in encoders.items()},
-        "precision": config.precision, "device_type": config.device.split(":")[0],
+        "precision": config.precision, "device_type": config.device.split(":")[0].split(",")[0],
         "latent": "posterior mean" if config.deterministic else f"posterior sample, seed {config.seed} per item",
         "buckets": buckets.describe(table), "quantization": quantization,
         "resize": "bilinear per frame" if family.video else "lanczos", "crop": "cover, centre", "alpha": "over white",
@@ -250,8 +253,37 @@ class Encoder:
         self.device = self.family.device
         self.batches = 0
         self.crash_after = int(os.environ.get("PREP_TEST_CRASH_AFTER_BATCHES", "0"))
+        # Files are serialised, written and journaled on a thread, in batch order, while the
+        # device encodes the next batch; two batches of backlog at most bound the memory.
+        self.writes: queue.Queue = queue.Queue(maxsize=2)
+        self.write_error: BaseException | None = None
+        self.writer = threading.Thread(target=self._writer, name="latents-writer", daemon=True)
+        self.writer.start()
+
+    def _writer(self) -> None:
+        while (task := self.writes.get()) is not None:
+            try:
+                if self.write_error is None:
+                    task()
+            except BaseException as exc:  # re-raised on the encoder's thread
+                self.write_error = exc
+            finally:
+                self.writes.task_done()
+        self.writes.task_done()
+
+    def _submit(self, task) -> None:
+        if self.write_error is not None:
+            raise self.write_error
+        self.writes.put(task)
+
+    def drain(self) -> None:
+        self.writes.join()
+        if self.write_error is not None:
+            raise self.write_error
 
     def close(self) -> None:
+        self.writes.put(None)
+        self.writer.join()
         self.pool.terminate()
         self.pool.join()
 
@@ -275,12 +307,13 @@ class Encoder:
                 self._take(*in_flight.popleft())
         while in_flight:
             self._take(*in_flight.popleft())
+        self.drain()
 
     def _take(self, run: _UnitRun, index: int | None, result) -> None:
         if index is None:
             for key in list(run.pending):
                 self._flush(run, key)
-            self._finish(run)
+            self._submit(lambda: self._finish(run))
             return
         item = self.plan_items[index]
         if index in run.journaled:
@@ -319,7 +352,11 @@ class Encoder:
 
             torch.cuda.synchronize(self.device)
         run.encode_s += time.perf_counter() - started
-        entries = [self._write(i, d, t, list(key)) for (i, d), t in zip(todo, tensors)]
+        self._submit(lambda: self._commit(run, todo, tensors, list(key)))
+
+    def _commit(self, run: _UnitRun, todo: list, tensors: list[dict], key: list) -> None:
+        """Write a batch's item files, then append it to the unit's journal (the commit point)."""
+        entries = [self._write(i, d, t, key) for (i, d), t in zip(todo, tensors)]
         line = json.dumps({"items": entries}).encode() + b"\n"
         with open(run.journal_path, "ab") as f:
             f.write(line)
@@ -405,14 +442,15 @@ def _device_worker(job: dict, device: str, units, results) -> None:
 
 
 def devices_for(device: str) -> list[str]:
-    """`cuda` means every visible GPU (one encoder process each); `cuda:N` or `cpu` one."""
+    """`cuda` means every visible GPU (one encoder process each); `cuda:0,cuda:2` those; `cpu` or
+    `cuda:N` one, run in this process. (`cpu,cpu` runs the multi-process path on a CPU machine.)"""
     if device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise PrepError("--device cuda: no CUDA device is visible; use --device cpu")
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [device]
+    return [d.strip() for d in device.split(",") if d.strip()]
 
 
 def run_units(job: dict, units: list[Unit], progress: bool, log) -> dict:
@@ -463,7 +501,7 @@ def _run_processes(job, devices, pending, report, log) -> None:
         units.put(asdict(unit))
     for _ in devices:
         units.put(None)
-    log(f"encoder: {job['config']['family']} on {len(devices)} GPUs, units shared by work stealing")
+    log(f"encoder: {job['config']['family']} on {', '.join(devices)}: one process each, units shared by work stealing")
     procs = [context.Process(target=_device_worker, args=(job, d, units, results)) for d in devices]
     for p in procs:
         p.start()

@@ -1,0 +1,118 @@
+"""Images -> FLUX caches with tiny real diffusers/transformers models; AutoModel reads them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_latents_common import *  # noqa: F401,F403
+from test_latents_common import IMAGES, captioned_copies, latents_cli
+
+
+def _items(out):
+    meta = json.loads((out / "metadata.json").read_text())
+    return [e for shard in meta["shards"] for e in json.loads((out / shard).read_text())]
+
+
+def test_flux_cache_has_automodels_layout_fields_and_dtypes(flux_cache, image_dir):
+    items = _items(flux_cache)
+    assert len(items) == len([p for p in image_dir.iterdir() if p.suffix != ".jsonl"])
+    for entry in items:
+        w, h = entry["bucket_resolution"]
+        assert entry["cache_file"].startswith(str(flux_cache)) and f"/{w}x{h}/" in entry["cache_file"]
+        assert w % 64 == 0 and h % 64 == 0 and w * h <= 256 * 256
+        data = torch.load(entry["cache_file"], weights_only=True)
+        assert data["latent"].dtype == torch.float16 and data["latent"].shape == (16, h // 8, w // 8)
+        assert data["clip_tokens"].shape == (1, 77) and data["clip_tokens"].dtype == torch.int64
+        assert data["clip_hidden"].shape == (1, 77, 32) and data["clip_hidden"].dtype == torch.bfloat16
+        assert data["pooled_prompt_embeds"].shape == (1, 32) and data["pooled_prompt_embeds"].dtype == torch.bfloat16
+        assert data["t5_tokens"].shape == (1, 32) and data["prompt_embeds"].shape == (1, 32, 32)
+        assert data["prompt_embeds"].dtype == torch.bfloat16
+        assert data["prompt"] == entry["prompt"] and data["image_path"] == entry["image_path"]
+        assert tuple(data["crop_offset"]) == tuple(entry["crop_offset"]) and data["model_type"] == "flux"
+    manifest = json.loads((flux_cache / "manifest.json").read_text())
+    assert manifest["schema"] == "prep.manifest/1" and manifest["kind"] == "latents"
+    assert {"vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"} <= set(manifest["tokenizer"])
+
+
+def test_automodel_text_to_image_dataloader_reads_our_cache(flux_cache):
+    collate = pytest.importorskip("nemo_automodel.components.datasets.diffusion.collate_fns")
+    loader, sampler = collate.build_text_to_image_multiresolution_dataloader(
+        cache_dir=str(flux_cache), batch_size=2, num_workers=0, drop_last=False, pin_memory=False)
+    seen = 0
+    for batch in loader:
+        b, c, h, w = batch["image_latents"].shape
+        assert c == 16 and batch["text_embeddings"].shape[:2] == (b, 32) and batch["pooled_prompt_embeds"].shape == (b, 32)
+        assert batch["clip_hidden"].shape == (b, 77, 32)
+        assert (batch["metadata"]["crop_resolution"][0] == torch.tensor([w * 8, h * 8])).all()
+        seen += b
+    assert seen == len(_items(flux_cache))
+
+
+def test_deterministic_flux_latent_is_shifted_scaled_posterior_mean(tmp_path, tiny_flux):
+    """Against an independent computation: AutoModel's resize_and_crop, diffusers' VAE and
+    transformers' encoders loaded from the same folder."""
+    from diffusers import AutoencoderKL
+    from nemo_automodel.components.datasets.diffusion.multi_tier_bucketing import MultiTierBucketCalculator
+    from transformers import AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+    inputs = captioned_copies(tmp_path / "in", [IMAGES / "coffee.png", IMAGES / "rocket.jpg"])
+    out = tmp_path / "out"
+    latents_cli(inputs, "-o", out, "--family", "flux", "--model", tiny_flux, "--preset", "256p", "--deterministic")
+    vae = AutoencoderKL.from_pretrained(tiny_flux / "vae").eval()
+    calc = MultiTierBucketCalculator(quantization=64, max_pixels=256 * 256)
+    clip, t5 = CLIPTextModel.from_pretrained(tiny_flux / "text_encoder"), T5EncoderModel.from_pretrained(tiny_flux / "text_encoder_2")
+    for entry in _items(out):
+        image = Image.open(entry["image_path"]).convert("RGB")
+        bucket = calc.get_bucket_for_image(*image.size)
+        cropped, offset = calc.resize_and_crop(image, *bucket["resolution"], crop_mode="center")
+        x = torch.from_numpy(np.array(cropped)).float().div(255).sub(0.5).div(0.5).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.mean
+            want = ((z - vae.config.shift_factor) * vae.config.scaling_factor).half()[0]
+        data = torch.load(entry["cache_file"], weights_only=True)
+        assert tuple(data["crop_offset"]) == tuple(offset) and list(bucket["resolution"]) == entry["bucket_resolution"]
+        torch.testing.assert_close(data["latent"], want, atol=2e-3, rtol=2e-3)
+        tok = AutoTokenizer.from_pretrained(tiny_flux / "tokenizer")
+        ids = tok(entry["prompt"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            hidden = clip(ids, output_hidden_states=True)
+        torch.testing.assert_close(data["clip_hidden"], hidden.hidden_states[-2].bfloat16())
+        torch.testing.assert_close(data["pooled_prompt_embeds"], hidden.pooler_output.bfloat16())
+        tok2 = AutoTokenizer.from_pretrained(tiny_flux / "tokenizer_2")
+        ids2 = tok2(entry["prompt"], padding="max_length", max_length=32, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            torch.testing.assert_close(data["prompt_embeds"], t5(ids2).last_hidden_state.bfloat16())
+
+
+def test_image_modes_exif_alpha_palette_16bit(tmp_path):
+    from prep.latents.media import _to_rgb
+
+    base = np.asarray(Image.open(IMAGES / "astronaut.png").convert("RGB").resize((64, 32)))
+    path = tmp_path / "rotated.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: displayed rotated 90 degrees clockwise
+    Image.fromarray(base).save(path, exif=exif, quality=95)
+    assert _to_rgb(Image.open(path)).shape == (64, 32, 3)
+    rgba = Image.fromarray(np.dstack([base, np.zeros(base.shape[:2], np.uint8)]), "RGBA")
+    assert (_to_rgb(rgba) == 255).all()  # fully transparent: the white background
+    palette = Image.fromarray(base).convert("P")
+    palette.info["transparency"] = 0
+    assert _to_rgb(palette).shape == (32, 64, 3)
+    sixteen = Image.fromarray(np.arange(64 * 32, dtype=np.uint16).reshape(32, 64) * 32)
+    assert sixteen.mode.startswith("I;16")
+    rgb = _to_rgb(sixteen)
+    assert rgb.dtype == np.uint8 and rgb.max() > 200 and rgb[0, 0, 0] == 0  # scaled, not clipped at 255
+    gray = _to_rgb(Image.open(IMAGES / "page.png"))
+    assert gray.ndim == 3 and gray.shape[2] == 3
+
+
+def test_missing_caption_is_a_one_line_error(tmp_path, tiny_flux):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "coffee.png").write_bytes((IMAGES / "coffee.png").read_bytes())
+    result = latents_cli(inputs, "-o", tmp_path / "out", "--family", "flux", "--model", tiny_flux, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {inputs / 'coffee.png'}: no caption")

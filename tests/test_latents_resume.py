@@ -1,0 +1,97 @@
+"""Resume after a kill, Slurm slices, fingerprint refusal, and prep verify on latent caches."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from prep.latents.stage import verify
+from test_latents_common import *  # noqa: F401,F403
+from test_latents_common import IMAGES, cache_bytes, captioned_copies, latents_cli
+
+SOURCES = [IMAGES / n for n in ("astronaut.png", "chelsea.png", "coffee.png", "hubble_deep_field.jpg", "motorcycle_left.png",
+                                "page.png", "retina.jpg", "rocket.jpg")]
+OPTIONS = ["--family", "flux", "--preset", "256p", "--batch-size", "2", "--unit-items", "3", "--max-pixels", "32768"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return captioned_copies(tmp_path_factory.mktemp("resume_in"), SOURCES)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, inputs, tiny_flux):
+    out = tmp_path_factory.mktemp("reference") / "cache"
+    latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS)
+    return out
+
+
+def _this_run(stdout: str) -> int:
+    return int(re.search(r"this run\s+(\d+) items", stdout).group(1))
+
+
+def _relocated(data: dict[str, bytes], old, new) -> dict[str, bytes]:
+    # metadata shards hold absolute paths: compare them with the folder name swapped
+    return {k: v.replace(str(old).encode(), str(new).encode()) if k.endswith(".json") else v for k, v in data.items()}
+
+
+def test_resume_after_kill_encodes_each_item_once_and_gives_identical_cache(tmp_path, inputs, tiny_flux, reference):
+    out = tmp_path / "cache"
+    killed = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS, check=False, env={"PREP_TEST_CRASH_AFTER_BATCHES": "3"})
+    assert killed.returncode == 70 and not (out / "manifest.json").exists()
+    encoded_before = len(list(out.glob("*x*/*.pt")))
+    assert 3 <= encoded_before < len(SOURCES)
+    resumed = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS)
+    # exactly the items not committed before the kill ran again: none twice, none lost
+    assert _this_run(resumed.stdout) == len(SOURCES) - encoded_before
+    assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
+    assert verify(out) == []
+
+
+def test_slurm_array_tasks_then_rerun_finalizes_the_same_cache(tmp_path, inputs, tiny_flux, reference):
+    out = tmp_path / "cache"
+    for task in ("0/2", "1/2"):
+        result = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS, "--task", task)
+        assert "when every task is done" in result.stderr and not (out / "manifest.json").exists()
+    final = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS)
+    assert "manifest" in final.stdout
+    assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
+
+
+def test_two_encoder_processes_share_units_and_give_the_same_cache(tmp_path, inputs, tiny_flux, reference):
+    """The multi-GPU path (one spawned encoder process per device, work stealing) on two CPUs."""
+    out = tmp_path / "cache"
+    result = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS, "--device", "cpu,cpu", "--decode-workers", "1")
+    assert "2 GPUs" not in result.stderr and _this_run(result.stdout) == len(SOURCES)
+    assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
+
+
+def test_other_weights_refused_on_resume_and_flagged_by_verify(tmp_path, inputs, tiny_flux, reference):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_flux, model)
+    out = tmp_path / "cache"
+    latents_cli(inputs, "-o", out, "--model", model, *OPTIONS, check=False, env={"PREP_TEST_CRASH_AFTER_BATCHES": "1"})
+    config = json.loads((model / "vae" / "config.json").read_text())
+    config["scaling_factor"] = 0.5  # other VAE settings: another fingerprint
+    (model / "vae" / "config.json").write_text(json.dumps(config))
+    refused = latents_cli(inputs, "-o", out, "--model", model, *OPTIONS, check=False)
+    assert refused.returncode == 2 and "other weights or settings" in refused.stderr and "Traceback" not in refused.stderr
+    other = latents_cli(inputs, "-o", out, "--model", model, *OPTIONS[:-2], "--max-pixels", "65536", check=False)
+    assert other.returncode == 2 and "--overwrite" in other.stderr
+    latents_cli(inputs, "-o", out, "--model", model, *OPTIONS, "--overwrite")
+    assert verify(out) == []
+    weights = next((model / "vae").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\1")
+    problems = verify(out)
+    assert len(problems) == 1 and "vae" in problems[0] and "other weights" in problems[0]
+
+
+def test_verify_flags_a_changed_item_file(tmp_path, reference):
+    out = tmp_path / "cache"
+    shutil.copytree(reference, out)
+    assert verify(out) == []
+    item = next(out.glob("*x*/*.pt"))
+    item.write_bytes(item.read_bytes() + b"\0")
+    problems = verify(out)
+    assert len(problems) == 1 and item.name in problems[0]
