@@ -1,0 +1,627 @@
+"""GPT pretraining samples from Megatron indexed datasets, in Megatron-Core 0.16.1's order.
+
+`GPTDataset` gives, sample for sample, what Megatron-Core's `GPTDataset` (one prefix, no
+weights) or `BlendedDataset` (several prefixes, or weights) give for the same files, seed,
+sequence length, split and sample count. Its indices come from the numpy functions below, each
+named after the Megatron code it reproduces, and are cached as `.npy` files whose names hash
+everything they depend on. `GPTDataset.dataloader` shards batches over ranks the way Megatron's
+pretraining sampler does, and the dataset's `state_dict` resumes it mid-pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loaders import manifest as manifests
+from loaders.formats.indexed import IndexedDataset, bin_path, idx_path
+
+SPLITS = ("train", "valid", "test")
+CACHE_WAIT_S = 3600  # how long ranks other than 0 wait for rank 0's index files
+
+
+# Splits -------------------------------------------------------------------------------------
+
+def normalize(weights) -> list[float]:
+    """Megatron's `datasets.utils.normalize`: weights / sum, in float64."""
+    w = np.array(weights, dtype=np.float64)
+    return (w / np.sum(w)).tolist()
+
+
+def parse_split(split: str) -> list[float]:
+    """Megatron's `parse_and_normalize_split`: "99,1,0" -> [0.99, 0.01, 0.0]."""
+    vector = [float(x) for x in re.findall(r"[.0-9]+", split)]
+    vector += [0.0] * (3 - len(vector))
+    if len(vector) != 3 or sum(vector) <= 0:
+        raise ValueError(f"split {split!r}: give up to three non-negative weights, e.g. '99,1,0'")
+    return normalize(vector)
+
+
+def split_matrix(vector: list[float]) -> list[tuple[float, float] | None]:
+    """Megatron's `convert_split_vector_to_split_matrix` (one vector): [begin, end) per split, None if empty."""
+    edges = [0]
+    for x in vector:
+        edges.append(edges[-1] + x)
+    return [(a, b) if b > a else None for a, b in zip(edges, edges[1:])]
+
+
+def split_documents(bounds: tuple[float, float], num_sequences: int) -> np.ndarray:
+    """The sequences of a split, as `BlendedMegatronDatasetBuilder._build_megatron_dataset_splits` picks them."""
+    begin, end = (int(round(b * float(num_sequences))) for b in bounds)
+    return np.arange(begin, end, dtype=np.int32)
+
+
+# GPT indices --------------------------------------------------------------------------------
+
+def num_epochs(tokens_per_epoch: int, num_samples: int | None, seq_length: int, extra: int) -> int:
+    """Megatron's `GPTDataset._get_num_epochs`: epochs whose tokens cover num_samples (1 when None)."""
+    if num_samples is None:
+        return 1
+    return max(1, -(-(num_samples * seq_length + extra) // tokens_per_epoch))
+
+
+def document_index(documents: np.ndarray, epochs: int, rng: np.random.RandomState,
+                   separate_final_epoch: bool) -> np.ndarray:
+    """Megatron's `_build_document_index`: the documents once per epoch (int32), shuffled;
+    the final epoch shuffled on its own when separate."""
+    if separate_final_epoch and epochs > 1:
+        return np.concatenate([document_index(documents, epochs - 1, rng, False),
+                               document_index(documents, 1, rng, False)])
+    index = np.tile(documents, epochs).astype(np.int32)
+    rng.shuffle(index)
+    return index
+
+
+def sample_index(lengths: np.ndarray, documents: np.ndarray, seq_length: int, epochs: int,
+                 tokens_per_epoch: int, drop_last: bool = True, extra: int = 1) -> np.ndarray:
+    """Megatron's `helpers.build_sample_idx`, vectorised: row s is (position in `documents`,
+    token offset) where sample s starts, row n where sample n-1 ends; int32 unless too big."""
+    total = epochs * tokens_per_epoch
+    if drop_last:
+        n = (total - extra) // seq_length
+    else:  # the helper divides in float32
+        n = int(np.ceil(np.float32(total - extra) / np.float32(seq_length)))
+    big = max(len(documents), int(lengths.max())) > np.iinfo(np.int32).max
+    sizes = np.array(lengths)[documents]  # a copy first: one sequential read, then random access in memory
+    ends = np.cumsum(sizes, dtype=np.int64)
+    # Boundary s (token s * seq_length) is named by the document holding that token (extra=1) or
+    # the token before it (extra=0): document j names boundaries 1..count[j] not named before it.
+    count = np.clip((ends - extra) // seq_length, 0, n)
+    position = np.repeat(np.arange(len(documents), dtype=np.int64), np.diff(count, prepend=0))
+    past = n - len(position)  # the last sample runs off the data: the helper stops there
+    position = np.concatenate([position, np.full(past, len(documents) - 1)])
+    offset = np.arange(1, n + 1, dtype=np.int64) * seq_length - ends[position] + sizes[position]
+    offset[n - past:] = sizes[-1] - extra
+    index = np.zeros((n + 1, 2), np.int64 if big else np.int32)
+    index[1:, 0], index[1:, 1] = position, offset
+    return index
+
+
+def shuffle_index(num_samples: int, total_size: int, rng: np.random.RandomState) -> np.ndarray:
+    """Megatron's `_build_shuffle_index`: [0, num_samples) shuffled, then [num_samples, total_size)
+    shuffled apart; uint32 unless too big."""
+    dtype = np.int64 if total_size >= np.iinfo(np.uint32).max - 1 else np.uint32
+    first = np.arange(num_samples, dtype=dtype)
+    rng.shuffle(first)
+    if num_samples == total_size:
+        return first
+    last = np.arange(num_samples, total_size, dtype=dtype)
+    rng.shuffle(last)
+    return np.concatenate((first, last))
+
+
+def gpt_indices(lengths: np.ndarray, documents: np.ndarray, num_samples: int | None, seq_length: int,
+                seed: int, drop_last: bool = True, extra: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Megatron's `GPTDataset._build_document_sample_shuffle_indices`: the document, sample and
+    shuffle index of one split."""
+    tokens = int(np.sum(lengths[documents]))
+    if tokens <= extra:
+        raise ValueError(f"the split has {tokens} tokens: too few for one sample")
+    epochs = num_epochs(tokens, num_samples, seq_length, extra)
+    separate = False
+    if epochs > 1:  # a final epoch used for under 80% of its samples is shuffled apart
+        before_final = ((epochs - 1) * tokens - extra) // seq_length
+        separate = num_samples - before_final < int(0.80 * ((tokens - extra) // seq_length))
+    rng = np.random.RandomState(seed)
+    documents = document_index(documents, epochs, rng, separate)
+    samples = sample_index(lengths, documents, seq_length, epochs, tokens, drop_last, extra)
+    n = len(samples) - 1
+    return documents, samples, shuffle_index(before_final if separate else n, n, rng)
+
+
+# Blending -----------------------------------------------------------------------------------
+
+def blend_sizes(weights: list[float], size: int, surplus: float = 0.0) -> list[int]:
+    """Megatron's `_get_size_per_split_per_dataset` for one split: samples asked of each dataset."""
+    return [int(math.ceil(math.ceil(size * w) * (1 + surplus))) for w in weights]
+
+
+def blending_indices(weights, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Megatron's `helpers.build_blending_indices`: sample i comes from the dataset whose count lags
+    weight * max(i, 1) the most (the first on ties). Returns (dataset_index int16, dataset_sample_index int64)."""
+    picks = _greedy(np.asarray(weights, np.float64), size)
+    return picks, _ranks(picks, len(weights))
+
+
+def exhaustive_blending_indices(sizes) -> tuple[np.ndarray, np.ndarray]:
+    """Megatron's `helpers.build_exhaustive_blending_indices`: the same race with weights
+    sizes / sum(sizes), a dataset leaving it once it has given sizes[d] samples."""
+    sizes = np.asarray(sizes, np.int64)
+    total = int(sizes.sum())
+    picks = _greedy(sizes / np.float64(total), total, caps=sizes)
+    return picks, _ranks(picks, len(sizes))
+
+
+def _greedy(weights: np.ndarray, size: int, caps: np.ndarray | None = None, chunk: int = 1024) -> np.ndarray:
+    """The helpers' sequential loop, run on all chunks of `chunk` samples at once.
+
+    Each chunk starts from a guess of the loop's counts there (the weights' share, then a warm-up
+    run of the loop). A chunk whose start differs from where the previous chunk ended runs again
+    from there, until every start agrees, so the result is exactly the sequential loop's."""
+    if size == 0:
+        return np.zeros(0, np.int16)
+    steps = min(chunk, size)
+    chunks = -(-size // steps)
+    first = np.arange(chunks, dtype=np.float64) * steps
+    warm = int(min(steps, max(64, 4 / max(weights.min(), 1e-9))))  # light datasets settle slowly
+    state = _greedy_steps(weights, first - warm, _apportion(weights, first - warm), warm, caps)
+    state[:, 0] = 0
+    picks = np.empty((steps, chunks), np.int16)
+    rows = np.arange(chunks)
+    while len(rows):
+        out = np.empty((steps, len(rows)), np.int16)
+        ends = _greedy_steps(weights, first[rows], state[:, rows], steps, caps, out)
+        picks[:, rows] = out
+        keep = rows + 1 < chunks
+        rows, ends = rows[keep], ends[:, keep]
+        moved = (ends != state[:, rows + 1]).any(0)
+        rows = rows[moved] + 1
+        state[:, rows] = ends[:, moved]
+    return picks.T.reshape(-1)[:size]
+
+
+def _greedy_steps(weights, first, counts, steps, caps=None, out=None) -> np.ndarray:
+    """Run the loop `steps` samples from samples `first` (one per chunk) and counts (datasets x chunks)."""
+    counts = counts.copy()
+    for t in range(steps):
+        error = weights[:, None] * np.maximum(first + t, 1.0) - counts
+        if caps is not None:
+            error[counts >= caps[:, None]] = -np.inf
+        pick = np.zeros(counts.shape[1], np.int16)
+        best = error[0]
+        for d in range(1, len(weights)):
+            np.copyto(pick, d, where=error[d] > best)
+            best = np.maximum(best, error[d])
+        for d in range(len(weights)):
+            counts[d] += pick == d
+        if out is not None:
+            out[t] = pick
+    return counts
+
+
+def _apportion(weights: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Counts that sum to `at` (per chunk) nearest to weights * at, by largest remainders."""
+    at = np.maximum(at, 0)
+    ideal = weights[:, None] * at
+    counts = np.floor(ideal)
+    rank = np.argsort(np.argsort(counts - ideal, axis=0, kind="stable"), axis=0)
+    return counts + (rank < at - counts.sum(0))
+
+
+def _ranks(picks: np.ndarray, num_datasets: int) -> np.ndarray:
+    """For each sample, how many earlier samples came from the same dataset."""
+    order = np.argsort(picks, kind="stable")
+    counts = np.bincount(picks, minlength=num_datasets)
+    ranks = np.empty(len(picks), np.int64)
+    ranks[order] = np.arange(len(picks)) - np.repeat(np.cumsum(counts) - counts, counts)
+    return ranks
+
+
+# Samples ------------------------------------------------------------------------------------
+
+def masks_and_position_ids(tokens: torch.Tensor, eod_id: int, reset_position_ids: bool = False,
+                           reset_attention_mask: bool = False, eod_mask_loss: bool = False,
+                           create_attention_mask: bool = True):
+    """Megatron's `_get_ltor_masks_and_position_ids`, without its loop over EODs:
+    (attention_mask (1, n, n) bool with True = masked, or None; loss_mask float; position_ids long)."""
+    n = tokens.numel()
+    is_eod = tokens == eod_id
+    loss_mask = torch.ones(n, dtype=torch.float)
+    if eod_mask_loss:
+        loss_mask[is_eod] = 0.0
+    segment = torch.cumsum(is_eod, 0) - is_eod.long()  # EODs before each position
+    position_ids = torch.arange(n, dtype=torch.long)
+    if reset_position_ids:
+        starts = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(is_eod).flatten() + 1])
+        position_ids = position_ids - starts[segment]
+    attention_mask = None
+    if create_attention_mask:
+        allowed = torch.ones(n, n, dtype=torch.bool).tril()
+        if reset_attention_mask:
+            allowed &= segment[:, None] == segment[None, :]
+        attention_mask = ~allowed[None]
+    return attention_mask, loss_mask, position_ids
+
+
+def megatron_pad_id(tokenizer: dict | None) -> int:
+    """Megatron's `MegatronDataset._pad_token_id`: the tokenizer's pad id unless it is missing or
+    another special token's id, else -1 (which no data holds)."""
+    special = dict((tokenizer or {}).get("special_ids") or {})
+    pad = special.pop("pad", None)
+    return -1 if pad is None or pad in special.values() else int(pad)
+
+
+# Inputs and caches --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Options:
+    """What changes the samples, with Megatron-Core's (and Megatron-LM's) defaults."""
+
+    seq_length: int
+    seed: int = 1234
+    split: str = "969,30,1"
+    reset_position_ids: bool = False
+    reset_attention_mask: bool = False
+    eod_mask_loss: bool = False
+    create_attention_mask: bool = True
+    add_extra_token_to_sequence: bool = True
+    drop_last_partial_validation_sequence: bool = True
+    mid_level_dataset_surplus: float = 0.005
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One Megatron prefix and the checksum of its files."""
+
+    prefix: str
+    checksum: str
+
+
+def resolve(paths, weights=None, key: str | None = None) -> tuple[list[Shard], list[float] | None, dict | None]:
+    """The Megatron blend (prefixes, weights) for manifests, output folders or bare prefixes.
+
+    A manifest's weight is shared among its shards in proportion to their tokens, as in the
+    --data-path that `prep inspect` prints; without weights, the blend is weightless, as Megatron's
+    --data-path with prefixes only. Also returns the tokenizer record the manifests agree on."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if weights is not None and len(weights) != len(paths):
+        raise ValueError(f"{len(weights)} weights for {len(paths)} datasets: give one weight per path")
+    shards, blend, tokenizers = [], [], []
+    for i, path in enumerate(paths):
+        found = manifests.manifest_path(path)
+        if found.exists():
+            m = manifests.load(found)
+            if m.get("format") not in (None, "megatron"):
+                raise ValueError(f"{found}: a {m['format']} output; GPTDataset reads prep tokenize --format megatron")
+            name = key or (next(iter(m["datasets"])) if len(m["datasets"]) == 1 else None)
+            prefixes = manifests.dataset_prefixes(m, name)
+            records = m["datasets"][name]["shards"]
+            total = sum(r["tokens"] for r in records)
+            for prefix, r in zip(prefixes, records):
+                shards.append(Shard(prefix, r["idx"]["xxh3_128"] + r["bin"]["xxh3_128"]))
+                blend.append(None if weights is None else weights[i] * (r["tokens"] / total))
+            tokenizers.append(m["tokenizer"])
+        elif idx_path(path).exists():
+            digest = hashlib.blake2b(idx_path(path).read_bytes(), digest_size=16).hexdigest()
+            shards.append(Shard(str(path), f"{digest}-{bin_path(path).stat().st_size}"))
+            blend.append(None if weights is None else weights[i])
+        else:
+            raise FileNotFoundError(f"{path}: neither a prep output (manifest.json) nor a Megatron prefix (.idx/.bin)")
+    same = ("sha256", "vocab_size", "eod_id", "special_ids")
+    if any(any(t.get(k) != tokenizers[0].get(k) for k in same) for t in tokenizers):
+        raise ValueError(f"{paths}: the manifests were made with different tokenizers; blend data of one tokenizer")
+    return shards, None if weights is None else blend, tokenizers[0] if tokenizers else None
+
+
+def _digest(description: dict) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
+
+def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
+    """Arrays in `<stem>-<name>.npy`, memory-mapped. Missing ones are built and saved (write, then
+    rename); under torch.distributed only rank 0 builds and the other ranks wait for its files."""
+    paths = [stem.with_name(f"{stem.name}-{name}.npy") for name in names]
+    if not all(p.exists() for p in paths):
+        if _rank() == 0:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            for path, array in zip(paths, build()):
+                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                with open(tmp, "wb") as f:
+                    np.save(f, array)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+        else:
+            deadline = time.monotonic() + CACHE_WAIT_S
+            while not all(p.exists() for p in paths):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{paths[0]}: rank 0 wrote no index cache in {CACHE_WAIT_S}s; "
+                                       "every rank must build the same datasets, with a shared cache folder")
+                time.sleep(0.2)
+    return [np.asarray(np.load(p, mmap_mode="r")) for p in paths]  # plain arrays: np.memmap indexes slowly
+
+
+# Datasets -----------------------------------------------------------------------------------
+
+class _Source:
+    """One prefix's samples in one split: Megatron's mid-level `GPTDataset`."""
+
+    NAMES = ("document_index", "sample_index", "shuffle_index")
+
+    def __init__(self, shard: Shard, split_index: int, num_samples: int | None, options: Options,
+                 pad_id: int, cache_dir: Path | None):
+        self.prefix = shard.prefix
+        self.data = IndexedDataset(shard.prefix)
+        documents = split_documents(split_matrix(parse_split(options.split))[split_index], len(self.data))
+        if not len(documents):
+            raise ValueError(f"{shard.prefix}: split {options.split!r} leaves the {SPLITS[split_index]} split no sequences")
+        drop_last = split_index != 1 or options.drop_last_partial_validation_sequence
+        self.extra = int(options.add_extra_token_to_sequence)
+        self.length = options.seq_length + self.extra
+        self.pad_id = pad_id
+        self.key = _digest({"indices": "gpt/1", "data": shard.checksum, "seed": options.seed,
+                            "seq_length": options.seq_length, "documents": [int(documents[0]), int(documents[-1]) + 1],
+                            "num_samples": num_samples, "drop_last": drop_last, "extra": self.extra})
+        self.stem = Path(cache_dir or Path(shard.prefix).parent / "cache") / f"gpt-{self.key}"
+        self._open(lambda: gpt_indices(self.data.sequence_lengths, documents, num_samples, options.seq_length,
+                                       options.seed, drop_last, self.extra))
+
+    def _open(self, build=None):
+        self.tokens = np.asarray(self.data.tokens)  # a plain view: np.memmap slices slowly
+        self.document_index, self.sample_index, self.shuffle_index = _cached(self.stem, self.NAMES, build)
+
+    def __getstate__(self):  # worker processes reopen the memory maps instead of copying them
+        return {k: v for k, v in self.__dict__.items() if k not in ("data", "tokens", *self.NAMES)}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.data = IndexedDataset(self.prefix)
+        self._open()
+
+    def __len__(self) -> int:
+        return len(self.sample_index) - 1
+
+    def text(self, i: int) -> np.ndarray:
+        """The seq_length + extra tokens of sample i, padded with pad_id where the data runs out
+        (Megatron's `GPTDataset._query_document_sample_shuffle_indices`)."""
+        j = self.shuffle_index[i]
+        (first, start), (last, stop) = self.sample_index[j:j + 2].tolist()
+        documents = self.document_index[first:last + 1]
+        begin = self.data.sequence_pointers[documents] // self.tokens.itemsize
+        end = begin + self.data.sequence_lengths[documents]
+        end[-1] = begin[-1] + stop + self.extra  # up to where the next sample starts, plus the extra token
+        begin[0] += start
+        text = np.concatenate([self.tokens[b:e] for b, e in zip(begin.tolist(), end.tolist())], dtype=np.int64)
+        if len(text) < self.length:
+            text = np.concatenate([text, np.full(self.length - len(text), self.pad_id, np.int64)])
+        return text
+
+
+class GPTDataset(torch.utils.data.Dataset):
+    """GPT samples of one split, equal to Megatron-Core's for the same blend and options.
+
+    `paths`: a manifest, prep output folder or Megatron prefix, or a list of them; `weights`: one
+    per path, as in Megatron's blend (a manifest's weight is shared among its shards by tokens).
+    One prefix without weights is Megatron's plain GPTDataset; several without weights are
+    Megatron's weightless blend (in proportion to their samples, one epoch of each at most). `num_samples`: for this
+    split, or one per split (train, valid, test); None is one epoch. Items are dicts of tensors:
+    tokens, labels, attention_mask (if create_attention_mask), loss_mask, position_ids, and
+    dataset_id when blended. Other keyword options: see `Options`.
+    """
+
+    def __init__(self, paths, weights=None, *, seq_length: int, num_samples=None, split_index: int = 0,
+                 key: str | None = None, cache_dir: str | Path | None = None, eod_id: int | None = None,
+                 pad_id: int | None = None, **options):
+        self._args = dict(paths=paths, weights=weights, seq_length=seq_length, num_samples=num_samples,
+                          key=key, cache_dir=cache_dir, eod_id=eod_id, pad_id=pad_id, **options)
+        self.options = o = Options(seq_length=seq_length, **options)
+        self.split_index = split_index
+        if split_matrix(parse_split(o.split))[split_index] is None:
+            raise ValueError(f"split {o.split!r} leaves the {SPLITS[split_index]} split empty")
+        shards, weights, tokenizer = resolve(paths, weights, key)
+        self.eod_id = eod_id if eod_id is not None else (tokenizer or {}).get("eod_id")
+        if self.eod_id is None:
+            raise ValueError(f"{paths}: no manifest names the EOD token; pass eod_id")
+        self.pad_id = pad_id if pad_id is not None else megatron_pad_id(tokenizer)
+        size = num_samples[split_index] if isinstance(num_samples, (list, tuple)) else num_samples
+        cache_dir = Path(cache_dir) if cache_dir else None
+
+        def source(shard, n):
+            return _Source(shard, split_index, n, o, self.pad_id, cache_dir)
+
+        self._fixed = self._blend_stem = self.dataset_index = self.dataset_sample_index = None
+        self.consumed_samples = self.epoch = 0  # the dataloader's position: see state_dict
+        if len(shards) == 1 and weights is None:
+            self.sources = [source(shards[0], size)]
+            self.key = self.sources[0].key
+        else:
+            self._blend(shards, weights, size, source, cache_dir)
+
+    def _blend(self, shards, weights, size, source, cache_dir):
+        """BlendedMegatronDatasetBuilder's sizes and BlendedDataset's indices for one split."""
+        o = self.options
+        if weights is not None:  # the mid-level datasets get a surplus
+            if size is None:
+                raise ValueError("blend weights need num_samples (Megatron: 'Using client-specified weights requires client-specified size')")
+            weights = normalize(weights)
+            self.sources = [source(s, n) for s, n in zip(shards, blend_sizes(weights, size, o.mid_level_dataset_surplus))]
+            size, weights = sum(blend_sizes(weights, size)), normalize(weights)
+        else:
+            self.sources = [source(s, None) for s in shards]
+            lengths = [len(s) for s in self.sources]
+            size, weights = (None, lengths) if size is None else (min(size, sum(lengths)), normalize(lengths))
+        self.key = _digest({"indices": "blend/1", "sources": [s.key for s in self.sources],
+                            "weights": weights, "size": size})
+        self._blend_stem = Path(cache_dir or Path(shards[0].prefix).parent / "cache") / f"blend-{self.key}"
+        self._open(lambda: self._build_blend(weights, size))
+
+    def _build_blend(self, weights, size):
+        """BlendedDataset._build_indices: the blend, and its check that no dataset is oversampled."""
+        index, sample = blending_indices(weights, size) if size is not None else exhaustive_blending_indices(weights)
+        counts = np.bincount(index, minlength=len(self.sources))
+        for d, (count, src) in enumerate(zip(counts, self.sources)):
+            if count > len(src):
+                raise IndexError(f"{src.prefix}: the {SPLITS[self.split_index]} blend asks {count} samples of a dataset "
+                                 f"of {len(src)}; raise mid_level_dataset_surplus (now {self.options.mid_level_dataset_surplus})")
+        return index, sample
+
+    def _open(self, build=None):
+        self.dataset_index, self.dataset_sample_index = _cached(
+            self._blend_stem, ("dataset_index", "dataset_sample_index"), build)
+        self._dataset_ids = [torch.tensor(d, dtype=torch.int16) for d in range(len(self.sources))]
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._fixed = self.dataset_index = self.dataset_sample_index = None
+        if self._blend_stem:
+            self._open()
+
+    @classmethod
+    def from_manifests(cls, paths, weights=None, **kwargs) -> GPTDataset:
+        """The blend of these manifests (or output folders), weighted like Megatron's --data-path."""
+        return cls(paths, weights, **kwargs)
+
+    def splits(self) -> list[GPTDataset | None]:
+        """Train, valid and test datasets of the same blend and options (None for an empty split)."""
+        matrix = split_matrix(parse_split(self.options.split))
+        return [GPTDataset(split_index=i, **self._args) if matrix[i] else None for i in range(3)]
+
+    @property
+    def blended(self) -> bool:
+        return self.dataset_index is not None
+
+    def __len__(self) -> int:
+        return len(self.dataset_index) if self.blended else len(self.sources[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        """Megatron's `GPTDataset.__getitem__` (and `BlendedDataset.__getitem__` when blended)."""
+        if self.blended:
+            d = int(self.dataset_index[i])
+            sample = self._sample(self.sources[d].text(int(self.dataset_sample_index[i])))
+            return {"dataset_id": self._dataset_ids[d], **sample}
+        return self._sample(self.sources[0].text(i))
+
+    def _sample(self, text: np.ndarray) -> dict[str, torch.Tensor]:
+        o, pad = self.options, self.pad_id
+        padded = not o.add_extra_token_to_sequence or (text == pad).any()
+        text = torch.from_numpy(text)
+        if o.add_extra_token_to_sequence:
+            tokens, labels = text[:-1], text[1:]  # views of one buffer, as in Megatron
+        else:
+            tokens, labels = text, torch.roll(text, -1)
+            labels[-1] = pad
+        if o.reset_position_ids or o.reset_attention_mask or o.eod_mask_loss:
+            attention_mask, loss_mask, position_ids = masks_and_position_ids(
+                tokens, self.eod_id, o.reset_position_ids, o.reset_attention_mask, o.eod_mask_loss,
+                o.create_attention_mask)
+        else:  # the same for every sample: made once, as Megatron caches them (and shares all but loss_mask)
+            if self._fixed is None:
+                self._fixed = masks_and_position_ids(tokens, self.eod_id, create_attention_mask=o.create_attention_mask)
+            attention_mask, loss_mask, position_ids = self._fixed
+            loss_mask = loss_mask.clone()
+        if padded:  # pads get no loss and become token 0
+            loss_mask[labels == pad] = 0.0
+            tokens[tokens == pad] = 0
+            labels[labels == pad] = 0
+        sample = {"tokens": tokens, "labels": labels}
+        if o.create_attention_mask:
+            sample["attention_mask"] = attention_mask
+        return {**sample, "loss_mask": loss_mask, "position_ids": position_ids}
+
+    # Loading and resuming ---------------------------------------------------------------------
+
+    def dataloader(self, batch_size: int, rank: int | None = None, world_size: int | None = None,
+                   device: str | torch.device = "cpu", num_workers: int = 2, prefetch_factor: int = 2) -> Loader:
+        """This rank's batches from the dataset's position; see `Loader`."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
+        world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
+        return Loader(self, batch_size, rank, world_size, torch.device(device), num_workers, prefetch_factor)
+
+    def state_dict(self) -> dict:
+        """Where the dataloader is: samples consumed over all ranks in this pass, and passes done."""
+        return {"dataset": self.key, "consumed_samples": int(self.consumed_samples), "epoch": int(self.epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["dataset"] != self.key:
+            raise ValueError(f"state of dataset {state['dataset']}, this is {self.key}: other data or options")
+        self.consumed_samples, self.epoch = state["consumed_samples"], state["epoch"]
+
+
+class Loader:
+    """Batches of one rank, as Megatron's `MegatronPretrainingSampler` lays them out: global batch
+    g is samples [g * B * W, (g + 1) * B * W) of the dataset, rank r takes the r-th run of B; the
+    last partial global batch is dropped. DataLoader workers read ahead; on CUDA, batches are
+    pinned and copied without blocking, one batch ahead. Each batch handed out moves the
+    dataset's `consumed_samples`, so `dataset.state_dict()` resumes exactly after it."""
+
+    def __init__(self, dataset: GPTDataset, batch_size: int, rank: int, world_size: int,
+                 device: torch.device, num_workers: int, prefetch_factor: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world size {world_size}")
+        self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
+        self.device, self.num_workers, self.prefetch_factor = device, num_workers, prefetch_factor
+        self.global_batch = batch_size * world_size
+        self.end = len(dataset) // self.global_batch * self.global_batch
+
+    def __len__(self) -> int:
+        return self.end // self.global_batch
+
+    def indices(self, start: int = 0):
+        """This rank's batches of sample indices from global position `start`."""
+        for g in range(start, self.end, self.global_batch):
+            first = g + self.rank * self.batch_size
+            yield list(range(first, first + self.batch_size))
+
+    def __iter__(self):
+        ds = self.dataset
+        if ds.consumed_samples >= self.end:  # the last pass was finished: start the next
+            ds.consumed_samples, ds.epoch = 0, ds.epoch + 1
+        start = ds.consumed_samples
+        workers = dict(num_workers=self.num_workers, prefetch_factor=self.prefetch_factor) if self.num_workers else {}
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=_Batches(self, start),
+                                             pin_memory=self.device.type == "cuda", **workers)
+        ahead = deque()
+        for step, batch in enumerate(loader, 1):
+            ahead.append((start + step * self.global_batch, self._to_device(batch)))
+            if len(ahead) > 1:
+                ds.consumed_samples, batch = ahead.popleft()
+                yield batch
+        while ahead:
+            ds.consumed_samples, batch = ahead.popleft()
+            yield batch
+
+    def _to_device(self, batch: dict) -> dict:
+        if self.device.type == "cpu":
+            return batch
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Batches:
+    """A batch sampler over `Loader.indices`, with the length DataLoader asks for."""
+
+    def __init__(self, loader: Loader, start: int):
+        self.loader, self.start = loader, start
+
+    def __iter__(self):
+        return self.loader.indices(self.start)
+
+    def __len__(self) -> int:
+        return max(0, self.loader.end - self.start) // self.loader.global_batch
