@@ -241,6 +241,46 @@ def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
     click.echo(f"manifest    {Path(manifest['config']['output']) / 'manifest.json'}")
 
 
+@main.command()
+@click.argument("outputs", nargs=-1, required=True)
+@click.option("--weights", default=None, help="Comma-separated blend weights, one per OUTPUT (Megatron's --data-path weights).")
+@click.option("--seq-length", type=click.IntRange(min=1), required=True, help="Training sequence length.")
+@click.option("--num-samples", default=None, help="Samples per split: N, or train,valid,test (e.g. 10000000,100000,0). Default: one epoch.")
+@click.option("--split", default="969,30,1", show_default=True, help="Megatron's split string.")
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, help="Where the index caches go (default: beside the data).")
+def index(outputs, weights, seq_length, num_samples, split, seed, cache_dir):
+    """Build the GPT dataset's index caches (document, sample, shuffle, blend) ahead of training.
+
+    loaders.gpt.GPTDataset with the same arguments then only memory-maps them.
+    """
+    from loaders.gpt import GPTDataset
+
+    try:
+        weight_list = [float(w) for w in weights.split(",")] if weights else None
+        samples = [int(n) for n in num_samples.split(",")] if num_samples else None
+    except ValueError:
+        raise click.BadParameter("expected comma-separated numbers") from None
+    if samples is not None and len(samples) == 1:
+        samples = samples[0]
+    started = time.time()
+    try:
+        first = GPTDataset.from_manifests(list(outputs), weight_list, seq_length=seq_length, num_samples=samples,
+                                          split=split, seed=seed, cache_dir=cache_dir, split_index=_first_split(split))
+        built = [d for d in first.splits() if d is not None]
+    except (ValueError, IndexError, FileNotFoundError) as exc:
+        raise PrepError(str(exc)) from None
+    click.echo(", ".join(f"{name} {len(d):,} samples" for name, d in zip(("train", "valid", "test"), first.splits()) if d is not None)
+               + f" of {seq_length} tokens; caches ready in {time.time() - started:.1f}s")
+    del built
+
+
+def _first_split(split: str) -> int:
+    from loaders.gpt import parse_split, split_matrix
+
+    return next(i for i, bounds in enumerate(split_matrix(parse_split(split))) if bounds is not None)
+
+
 def _register_stages() -> None:
     from prep.latents.cli import latents  # a thin click command: heavy imports happen when it runs
 
