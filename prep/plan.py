@@ -73,6 +73,24 @@ def parse_task(text: str | None) -> tuple[int, int]:
     return task, tasks
 
 
+def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str, log) -> None:
+    """Refuse an output folder holding work made under another fingerprint (finished, or a run in
+    progress) unless `overwrite`; with `overwrite`, `clear(out)` removes that earlier work."""
+    from loaders.manifest import MANIFEST_NAME
+
+    manifest, state = out / MANIFEST_NAME, out / WORKDIR / "job.json"
+    source = manifest if manifest.exists() else state if state.exists() else None
+    if source is None:
+        return
+    existing = json.loads(source.read_text()).get("fingerprint")
+    if existing != fingerprint and not overwrite:
+        raise PrepError(f"{out}: holds {what} (fingerprint {existing}, now {fingerprint}); "
+                        "rerun with the same options to resume, or pass --overwrite to replace it")
+    if overwrite:
+        log(f"--overwrite: removing the earlier output in {out}")
+        clear(out)
+
+
 def default_workers() -> int:
     """CPUs this process may use: its affinity mask, capped by Slurm's allocation."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -26,7 +26,7 @@ from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.pack import plan_packs
-from prep.plan import (WORKDIR, Unit, done_path, load_done, make_plan, task_units, units_of,
+from prep.plan import (WORKDIR, claim_output, Unit, done_path, load_done, make_plan, task_units, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe
@@ -141,9 +141,7 @@ def _recipe_state(job: dict, tokenizer_json: str) -> dict:
     if job["recipe"] == "text":
         return {"sft": None, "source_keys": job["keys"]}
     c = job["config"]
-    options = SFTOptions(recipe=c["recipe"], columns=c["columns"], preset=c["preset"], use_chat_template=c["use_chat_template"],
-                         mask_reasoning=c["mask_reasoning"], last_turn_only=c["last_turn_only"], max_length=c["max_length"],
-                         overlong=c["overlong"])
+    options = SFTOptions.from_config(c)
     sft = SFTRecipe(options, tokenizer_json, job["chat_template"], job["special_tokens_map"], job["eod_id"], job["bos_id"])
     return {"sft": sft, "source_keys": list(c["columns"].values()) if c["columns"] else None}  # chat: every column
 
@@ -212,19 +210,7 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
                               dtype.name, template if sft else None)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
-    existing = None
-    if (out / MANIFEST_NAME).exists():
-        existing = json.loads((out / MANIFEST_NAME).read_text()).get("fingerprint")
-    elif state_file.exists():
-        existing = json.loads(state_file.read_text())["fingerprint"]
-    if existing is not None and existing != fp:
-        if not overwrite:
-            raise PrepError(f"{out}: holds output made with another configuration (fingerprint {existing}, now {fp}); "
-                            "rerun with the same options to resume, or pass --overwrite to replace it")
-        log(f"--overwrite: removing the earlier output in {out}")
-        _clear_outputs(out)
-    elif existing is not None and overwrite:
-        _clear_outputs(out)
+    claim_output(out, fp, overwrite, _clear_outputs, "output made with another configuration", log)
     if (out / MANIFEST_NAME).exists():
         return {"complete": True, "out": str(out)}
 

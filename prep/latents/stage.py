@@ -38,7 +38,7 @@ from prep import __version__
 from prep import manifest as manifest_mod
 from prep.errors import BadRecord, PrepError
 from prep.latents import buckets, media
-from prep.plan import WORKDIR, Unit, done_path, fsync_dir, load_done, write_json_atomic
+from prep.plan import WORKDIR, Unit, claim_output, done_path, fsync_dir, load_done, write_json_atomic
 
 DEFAULT_UNIT_ITEMS = 64
 WEIGHT_HASH = "xxh3_128"
@@ -163,17 +163,7 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     fp = fingerprint_of(settings)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
-    existing = None
-    if (out / MANIFEST_NAME).exists():
-        existing = json.loads((out / MANIFEST_NAME).read_text()).get("fingerprint")
-    elif state_file.exists():
-        existing = json.loads(state_file.read_text())["fingerprint"]
-    if existing is not None and (existing != fp or overwrite):
-        if existing != fp and not overwrite:
-            raise PrepError(f"{out}: holds a latent cache made with other weights or settings (fingerprint {existing}, now {fp}); "
-                            "rerun with the same models and options to resume, or pass --overwrite to replace it")
-        log(f"--overwrite: removing the earlier cache in {out}")
-        _clear_outputs(out)
+    claim_output(out, fp, overwrite, _clear_outputs, "a latent cache made with other weights or settings", log)
     if (out / MANIFEST_NAME).exists():
         return {"complete": True, "out": str(out)}
 

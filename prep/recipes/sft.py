@@ -58,14 +58,20 @@ def span_mask(token_starts: np.ndarray, token_ends: np.ndarray, spans: list[tupl
 
 @dataclass
 class SFTOptions:
-    recipe: str  # chat, instruction, completion
+    """The TokenizeConfig fields an SFT recipe reads (see prep.config for their meaning)."""
+
+    recipe: str
     columns: dict
-    preset: str = "default"
-    use_chat_template: bool = False
-    mask_reasoning: bool = False
-    last_turn_only: bool = False
-    max_length: int | None = None
-    overlong: str = "truncate"
+    preset: str
+    use_chat_template: bool
+    mask_reasoning: bool
+    last_turn_only: bool
+    max_length: int | None
+    overlong: str
+
+    @classmethod
+    def from_config(cls, config: dict) -> "SFTOptions":
+        return cls(**{name: config[name] for name in cls.__dataclass_fields__})
 
 
 class SFTRecipe:
