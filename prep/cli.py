@@ -133,14 +133,14 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
         return
     units = plan.units_of(json.loads((Path(job["workdir"]) / "plan.json").read_text()))
     mine = plan.task_units(units, task_id, tasks)
-    totals = run.run_units(job, mine, workers, progress, log)
+    totals = run.run_units(job, mine, workers, progress, log, merge=tasks == 1)
     wall = time.time() - started
     if tasks > 1:
         log(f"task {task_id}/{tasks}: {totals['units']} unit(s) run, {totals['skipped_units']} already done, "
             f"{totals['records']:,} documents, {totals['tokens']:,} tokens in {wall:.1f}s")
         log(f"when every task is done: prep finalize {output}")
         return
-    manifest = run.finalize(job, {"wall_s": round(wall, 3), "workers": workers})
+    manifest = run.finalize(job, {"wall_s": round(wall, 3), "workers": workers}, totals.get("merged"))
     _summary(manifest, totals, time.time() - started)
 
 

@@ -243,13 +243,34 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
     return job
 
 
-def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log) -> dict:
-    """Run the units not yet done; returns this run's totals."""
+def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, merge: bool = False) -> dict:
+    """Run the units not yet done; returns this run's totals. With `merge` (a whole job, one
+    unsharded, unpacked Megatron dataset per key) the final `.bin` files are assembled while
+    units run; `totals["merged"]` then hands them to finalize."""
     workdir = Path(job["workdir"])
-    for stale in (workdir / "parts").glob("*.tmp.*"):
+    for stale in [*(workdir / "parts").glob("*.tmp.*"), *Path(job["out"]).glob(".*.tmp.*")]:
         stale.unlink(missing_ok=True)
+    c = job["config"]
+    merger = None
+    if merge and job["format"] == "megatron" and not c["shard_tokens"] and not c.get("pack"):
+        merger = megatron.StreamingMerge(workdir, Path(job["out"]), units, job["keys"])
+    try:
+        totals = _run_units(job, units, workers, progress, log, merger)
+    except BaseException:
+        if merger is not None:
+            merger.abort()
+        raise
+    if merger is not None:
+        totals["merged"] = merger.finish()
+    return totals
+
+
+def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, merger) -> dict:
+    workdir = Path(job["workdir"])
     pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
     totals = {"units": len(pending), "skipped_units": len(units) - len(pending), "bytes": 0, "records": 0, "tokens": 0}
+    if merger is not None:
+        merger.restart({u.index for u in units} - {u.index for u in pending})
     if not pending:
         return totals
     tokenizer_json = (workdir / "tokenizer.json").read_text()
@@ -260,7 +281,7 @@ def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log) -
     plan_units = units_of(json.loads((workdir / "plan.json").read_text()))
     probe = None if encoder.backend == "hf" else (lambda: probe_mismatch(encoder, _sample_texts(plan_units, job["keys"])))
     try:
-        note = _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) or note
+        note = _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json, merger) or note
     except BackendMismatch as exc:
         if job["backend"] == "fastokens":
             raise PrepError(str(exc)) from None
@@ -273,13 +294,16 @@ def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log) -
         pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
         totals.update(units=len(pending), skipped_units=len(units) - len(pending), bytes=0, records=0, tokens=0)
         encoder = Encoder(tokenizer_json, "hf", job["split_special_tokens"])
-        _run_pool(job, pending, workers, progress, totals, encoder, None, tokenizer_json)
+        if merger is not None:  # what it merged came from the untrusted backend too
+            merger.abort()
+            merger.restart({u.index for u in units} - {u.index for u in pending})
+        _run_pool(job, pending, workers, progress, totals, encoder, None, tokenizer_json, merger)
     job["tokenizer"]["backend"] = note
     write_json_atomic(workdir / "job.json", {k: v for k, v in job.items() if k != "complete"})
     return totals
 
 
-def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json) -> str | None:
+def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json, merger=None) -> str | None:
     """Run `pending` on `workers` processes. `probe()` (the fast backend's exactness check) runs
     in this process while the workers start; on a difference it stops them and raises
     BackendMismatch. Returns the backend note when a probe ran."""
@@ -291,6 +315,8 @@ def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer
         totals["records"] += record["records"]
         totals["tokens"] += sum(k["tokens"] for k in record["keys"].values())
         bar.update(record["bytes"])
+        if merger is not None:
+            merger.unit_done(record["unit"]["index"])
 
     def check() -> str | None:
         if probe is None:
@@ -333,7 +359,7 @@ def all_done(job: dict) -> tuple[list[dict], list[Unit]]:
     return records, missing
 
 
-def finalize(job: dict, timings: dict) -> dict:
+def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     """Merge every unit's parts into shards and write the manifest, last. Returns the manifest."""
     out, workdir = Path(job["out"]), Path(job["workdir"])
     records, missing = all_done(job)
@@ -350,7 +376,8 @@ def finalize(job: dict, timings: dict) -> dict:
         if job["config"].get("pack"):
             lengths = megatron.part_lengths(workdir, units, job["keys"][0])
             packs = plan_packs(lengths, job["config"]["pack"], job["config"]["pack_window"], job["config"]["seed"])
-        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens, packs)
+        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens, packs,
+                                               (merged or {}).get(key))
                     for key in job["keys"]}
         if packs is not None:
             first = datasets[job["keys"][0]]

@@ -68,6 +68,58 @@ class PartWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+class StreamingMerge:
+    """Appends the units' parts to the final `.bin` files in plan order, as soon as every earlier
+    unit is done, so the copy overlaps tokenization instead of following it. The files keep a
+    temporary name until finalize has written the index beside them."""
+
+    def __init__(self, workdir: Path, out: Path, units: list[Unit], keys: list[str]):
+        self.parts, self.units, self.keys = workdir / "parts", units, keys
+        self.tmp = {key: out / f".{dataset_name(key)}.bin.tmp.{os.getpid()}" for key in keys}
+        self.files: dict = {}
+        self.restart(set())
+
+    def restart(self, done: set[int]) -> None:
+        """Start the files again from nothing, with these units already done."""
+        for f in self.files.values():
+            f.close()
+        self.files = {key: open(path, "wb", buffering=COPY_BLOCK) for key, path in self.tmp.items()}
+        self.hashers = {key: xxhash.xxh3_128() for key in self.keys}
+        self.done, self.next = set(), 0
+        for index in sorted(done):
+            self.unit_done(index)
+
+    def unit_done(self, index: int) -> None:
+        self.done.add(index)
+        while self.next < len(self.units) and self.units[self.next].index in self.done:
+            unit = self.units[self.next]
+            for key in self.keys:
+                with open(self.parts / f"{unit.id}.{key}.bin", "rb") as f:
+                    while block := f.read(COPY_BLOCK):
+                        self.files[key].write(block)
+                        self.hashers[key].update(block)
+            self.next += 1
+
+    def finish(self) -> dict | None:
+        """{key: {"tmp", "bytes", "xxh3_128"}} once every unit is merged, else None (and no files)."""
+        if self.next < len(self.units):
+            self.abort()
+            return None
+        merged = {}
+        for key, f in self.files.items():
+            f.flush()
+            os.fsync(f.fileno())
+            merged[key] = {"tmp": str(self.tmp[key]), "bytes": f.tell(), "xxh3_128": self.hashers[key].hexdigest()}
+            f.close()
+        return merged
+
+    def abort(self) -> None:
+        for key, f in self.files.items():
+            f.close()
+            self.tmp[key].unlink(missing_ok=True)
+        self.files = {}
+
+
 def _shard_bounds(document_index: np.ndarray, token_ends: np.ndarray, shard_tokens: int | None) -> list[tuple[int, int]]:
     """Document ranges [d0, d1) of each shard: a shard closes after the document that brings it
     to `shard_tokens` or more, so no document is split and every shard is a valid dataset."""
@@ -123,7 +175,7 @@ def part_lengths(workdir: Path, units: list[Unit], key: str) -> np.ndarray:
 
 
 def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
-                 packs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+                 packs: tuple[np.ndarray, np.ndarray] | None = None, merged: dict | None = None) -> dict:
     """Merge the parts of `key` into shards; returns the manifest entry for this dataset.
 
     With `packs` (order, pack sizes from prep.pack), sequences are written in that order and
@@ -153,11 +205,15 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
         t0 = int(token_ends[s0 - 1]) if s0 else 0
         t1 = int(token_ends[s1 - 1]) if s1 else 0
         bin_file, idx_file = indexed.bin_path(out / name), indexed.idx_path(out / name)
-        if packs is None:
-            write = lambda f, h: _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h)  # noqa: E731
+        if merged is not None and len(bounds) == 1:  # StreamingMerge already wrote it, fsynced
+            os.replace(merged["tmp"], bin_file)
+            bin_bytes, bin_hash = merged["bytes"], merged["xxh3_128"]
+        elif packs is None:
+            bin_bytes, bin_hash = _write_atomic(bin_file, lambda f, h: _copy_tokens(
+                [Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h))
         else:
-            write = lambda f, h: _gather_tokens(stems, part_tokens, source_starts[s0:s1], sequence_lengths[s0:s1], dtype, f, h)  # noqa: E731
-        bin_bytes, bin_hash = _write_atomic(bin_file, write)
+            bin_bytes, bin_hash = _write_atomic(bin_file, lambda f, h: _gather_tokens(
+                stems, part_tokens, source_starts[s0:s1], sequence_lengths[s0:s1], dtype, f, h))
         buffers = indexed.encode_index(dtype, sequence_lengths[s0:s1], document_index[d0:d1 + 1] - s0)
         idx_bytes, idx_hash = _write_atomic(idx_file, lambda f, h: [(f.write(b), h.update(b)) for b in buffers])
         shards.append({
