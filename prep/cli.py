@@ -79,7 +79,8 @@ def main():
 @click.option("--text-key", "keys", multiple=True, default=["text"], show_default=True,
               help="Record key to tokenize; repeat for several (one dataset per key, like Megatron's --json-keys).")
 @click.option("--eod/--no-eod", default=None,
-              help="Append the tokenizer's EOS as EOD to every non-empty document. Default: on for megatron, off for nanogpt.")
+              help="Append the tokenizer's EOS as EOD to every non-empty document. Default: on for megatron text, instruction "
+                   "and completion; off for nanogpt, and for chat (the template ends each turn).")
 @click.option("--bos/--no-bos", default=None,
               help="Prepend BOS to every non-empty document. Default: off for megatron; on for nanogpt when the tokenizer has a BOS.")
 @click.option("--eod-token", default=None, help="Token to use as EOD instead of the tokenizer's EOS.")
