@@ -18,9 +18,7 @@ from pathlib import Path
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -212,7 +212,6 @@ def _columns(text: str | None, recipe: str) -> dict:
 
 
 def _summary(manifest: dict, totals: dict | None, wall: float) -> None:
-    out = Path(manifest.get("_dir", ".")) if "_dir" in manifest else None
     stats = manifest["stats"]
     bytes_in = sum(i["bytes"] for i in manifest["inputs"])
     bytes_out = sum(f["bytes"] for d in manifest["datasets"].values() for s in d["shards"] for f in s.values() if isinstance(f, dict))

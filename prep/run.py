@@ -11,11 +11,9 @@ import multiprocessing as mp
 import os
 import shutil
 import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 
-import click
 import numpy as np
 from tqdm import tqdm
 
@@ -26,7 +24,7 @@ from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.pack import plan_packs
-from prep.plan import (WORKDIR, claim_output, Unit, done_path, load_done, make_plan, task_units, units_of,
+from prep.plan import (WORKDIR, claim_output, Unit, done_path, load_done, make_plan, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe

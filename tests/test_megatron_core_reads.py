@@ -1,7 +1,6 @@
 """Megatron-Core's own IndexedDataset reads what we write, sequence by sequence."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

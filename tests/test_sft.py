@@ -12,7 +12,6 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from conftest import TOKENIZERS, prep, write_jsonl
-from loaders.formats.indexed import IndexedDataset
 from megatron.core.datasets.indexed_dataset import IndexedDataset as MegatronIndexedDataset
 
 

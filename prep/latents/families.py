@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np

@@ -210,11 +210,11 @@ class ChatTemplate:
         reasoning = [bool(messages[i].get("reasoning_content")) for i in assistants]
         if len(positions[R_OPEN]) != sum(reasoning):
             return None, None
-        r_starts, r_ends = iter(positions[R_OPEN]), iter(positions[R_CLOSE])
+        r_starts = iter(positions[R_OPEN])
         spans = []
         for k, (start, end) in enumerate(zip(positions[OPEN], positions[CLOSE])):
             if reasoning[k]:
-                r_start, r_end = next(r_starts), next(r_ends)
+                r_start = next(r_starts)
                 start = start if self.mask_reasoning else min(start, r_start)
             limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
             spans.append((start, self._end(text, end, limit)))

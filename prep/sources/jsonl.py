@@ -15,7 +15,6 @@ from pathlib import Path
 import orjson
 import zstandard
 
-from prep.errors import BadRecord
 
 
 def plan(path: Path, kind: str, unit_bytes: int) -> list[tuple[int, int]]:
