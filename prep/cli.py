@@ -267,12 +267,11 @@ def index(outputs, weights, seq_length, num_samples, split, seed, cache_dir):
     try:
         first = GPTDataset.from_manifests(list(outputs), weight_list, seq_length=seq_length, num_samples=samples,
                                           split=split, seed=seed, cache_dir=cache_dir, split_index=_first_split(split))
-        built = [d for d in first.splits() if d is not None]
+        splits = first.splits()  # builds (or finds) every split's caches
     except (ValueError, IndexError, FileNotFoundError) as exc:
         raise PrepError(str(exc)) from None
-    click.echo(", ".join(f"{name} {len(d):,} samples" for name, d in zip(("train", "valid", "test"), first.splits()) if d is not None)
+    click.echo(", ".join(f"{name} {len(d):,} samples" for name, d in zip(("train", "valid", "test"), splits) if d is not None)
                + f" of {seq_length} tokens; caches ready in {time.time() - started:.1f}s")
-    del built
 
 
 def _first_split(split: str) -> int:

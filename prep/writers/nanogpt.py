@@ -24,8 +24,9 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
     """Write the shards of `key`; returns the manifest entry for this dataset."""
     dtype = np.dtype(dtype)
     stems = [workdir / "parts" / f"{u.id}.{key}" for u in units]
-    part_tokens = np.array([np.load(f"{s}.len.npy").sum(dtype=np.int64) for s in stems], np.int64)
-    lengths = np.concatenate([np.load(f"{s}.len.npy") for s in stems] or [np.zeros(0, np.int32)])
+    per_part = [np.load(f"{s}.len.npy") for s in stems]
+    part_tokens = np.array([a.sum(dtype=np.int64) for a in per_part], np.int64)
+    lengths = np.concatenate(per_part or [np.zeros(0, np.int32)])
     documents = sum(len(np.load(f"{s}.doc.npy", mmap_mode="r")) for s in stems)
     total = int(part_tokens.sum())
     size = min(shard_tokens or 100_000_000, nanogpt.MAX_TOKENS)
