@@ -398,6 +398,12 @@ class _Source:
     def text(self, i: int) -> np.ndarray:
         """The seq_length + extra tokens of sample i, padded with pad_id where the data runs out
         (Megatron's `GPTDataset._query_document_sample_shuffle_indices`)."""
+        row = np.empty(self.length, np.int64)
+        self.fill(i, row)
+        return row
+
+    def fill(self, i: int, row: np.ndarray) -> None:
+        """Write `text(i)` into `row` (int64, of self.length) without intermediate arrays."""
         j = self.shuffle_index[i]
         (first, start), (last, stop) = self.sample_index[j:j + 2].tolist()
         documents = self.document_index[first:last + 1]
@@ -405,10 +411,11 @@ class _Source:
         end = begin + self.data.sequence_lengths[documents]
         end[-1] = begin[-1] + stop + self.extra  # up to where the next sample starts, plus the extra token
         begin[0] += start
-        text = np.concatenate([self.tokens[b:e] for b, e in zip(begin.tolist(), end.tolist())], dtype=np.int64)
-        if len(text) < self.length:
-            text = np.concatenate([text, np.full(self.length - len(text), self.pad_id, np.int64)])
-        return text
+        at = 0
+        for b, e in zip(begin.tolist(), end.tolist()):
+            row[at:at + e - b] = self.tokens[b:e]
+            at += e - b
+        row[at:] = self.pad_id
 
 
 class GPTDataset(torch.utils.data.Dataset):
@@ -485,7 +492,7 @@ class GPTDataset(torch.utils.data.Dataset):
         self._dataset_ids = [torch.tensor(d, dtype=torch.int16) for d in range(len(self.sources))]
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed", "_shared_by_device")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -545,6 +552,65 @@ class GPTDataset(torch.utils.data.Dataset):
             sample["attention_mask"] = attention_mask
         return {**sample, "loss_mask": loss_mask, "position_ids": position_ids}
 
+    # Batches ----------------------------------------------------------------------------------
+
+    @property
+    def _per_sample(self) -> bool:
+        """Options whose masks or positions differ from sample to sample."""
+        o = self.options
+        return o.reset_position_ids or o.reset_attention_mask or o.eod_mask_loss
+
+    def fetch(self, indices) -> dict[str, torch.Tensor]:
+        """What a DataLoader worker hands over for the batch of samples `indices`: their token
+        windows as one int64 tensor (B, seq_length + extra), and dataset ids when blended.
+        `finish` turns it into the batch that collating `self[i]` gives, on any device."""
+        if self._per_sample:
+            return torch.utils.data.default_collate([self[int(i)] for i in indices])
+        text = np.empty((len(indices), self.sources[0].length), np.int64)
+        if not self.blended:
+            for row, i in zip(text, indices):
+                self.sources[0].fill(int(i), row)
+            return {"text": torch.from_numpy(text)}
+        ids = self.dataset_index[np.asarray(indices, np.int64)]
+        for row, d, i in zip(text, ids.tolist(), self.dataset_sample_index[np.asarray(indices, np.int64)].tolist()):
+            self.sources[d].fill(i, row)
+        return {"text": torch.from_numpy(text), "dataset_id": torch.from_numpy(ids.astype(np.int16))}
+
+    def finish(self, fetched: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch of `fetch`'s windows, equal to `default_collate([self[i] for i in indices])`.
+        The masks and positions every sample shares are expanded views of one cached tensor per
+        device, not copies (Megatron shares them too)."""
+        if "text" not in fetched:
+            return fetched
+        o, pad, text = self.options, self.pad_id, fetched["text"]
+        if o.add_extra_token_to_sequence:
+            tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
+            padded = (text == pad).any(1, keepdim=True)
+        else:
+            tokens, labels = text, torch.roll(text, -1, 1)
+            labels[:, -1] = pad
+            padded = torch.ones(len(text), 1, dtype=torch.bool, device=text.device)
+        attention_mask, _, position_ids = self._shared(text.device)
+        loss_mask = torch.ones(tokens.shape, dtype=torch.float, device=text.device)
+        if padded.any():  # pads get no loss and become token 0, in the samples that have them
+            loss_mask.masked_fill_((labels == pad) & padded, 0.0)
+            tokens.masked_fill_((tokens == pad) & padded, 0)
+            labels.masked_fill_((labels == pad) & padded, 0)
+        batch = {"dataset_id": fetched["dataset_id"]} if "dataset_id" in fetched else {}
+        batch.update(tokens=tokens, labels=labels)
+        if o.create_attention_mask:
+            batch["attention_mask"] = attention_mask[None].expand(len(text), *attention_mask.shape)
+        batch.update(loss_mask=loss_mask, position_ids=position_ids[None].expand(len(text), -1))
+        return batch
+
+    def _shared(self, device: torch.device):
+        cache = self.__dict__.setdefault("_shared_by_device", {})
+        if device not in cache:
+            placeholder = torch.zeros(self.options.seq_length, dtype=torch.long)
+            cache[device] = tuple(None if t is None else t.to(device) for t in masks_and_position_ids(
+                placeholder, self.eod_id, create_attention_mask=self.options.create_attention_mask))
+        return cache[device]
+
     # Loading and resuming ---------------------------------------------------------------------
 
     def dataloader(self, batch_size: int, rank: int | None = None, world_size: int | None = None,
@@ -596,11 +662,13 @@ class Loader:
             ds.consumed_samples, ds.epoch = 0, ds.epoch + 1
         start = ds.consumed_samples
         workers = dict(num_workers=self.num_workers, prefetch_factor=self.prefetch_factor) if self.num_workers else {}
-        loader = torch.utils.data.DataLoader(ds, batch_sampler=_Batches(self, start),
+        # Workers hand over one tensor of token windows a batch (torch's per-tensor hand-off
+        # dominates otherwise); the batch is finished here, on the device.
+        loader = torch.utils.data.DataLoader(_Fetch(ds), sampler=_Batches(self, start), batch_size=None,
                                              pin_memory=self.device.type == "cuda", **workers)
         ahead = deque()
-        for step, batch in enumerate(loader, 1):
-            ahead.append((start + step * self.global_batch, self._to_device(batch)))
+        for step, fetched in enumerate(loader, 1):
+            ahead.append((start + step * self.global_batch, ds.finish(self._to_device(fetched))))
             if len(ahead) > 1:
                 ds.consumed_samples, batch = ahead.popleft()
                 yield batch
@@ -612,6 +680,16 @@ class Loader:
         if self.device.type == "cpu":
             return batch
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+
+class _Fetch(torch.utils.data.Dataset):
+    """The dataset as DataLoader workers see it: an item is a batch, by its list of indices."""
+
+    def __init__(self, dataset: GPTDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, indices) -> dict:
+        return self.dataset.fetch(indices)
 
 
 class _Batches:

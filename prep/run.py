@@ -29,7 +29,8 @@ from prep.plan import (WORKDIR, claim_output, Unit, done_path, load_done, make_p
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe
 from prep.recipes.text import assemble, texts_of
-from prep.tokenizer import BackendMismatch, Encoder, load_encoder, load_spec, probe_mismatch
+from prep.tokenizer import (BackendMismatch, Encoder, ReferenceIds, load_encoder, load_spec, probe_mismatch,
+                            probe_texts)
 from prep.writers import megatron
 from prep.writers import nanogpt as nanogpt_writer
 
@@ -272,12 +273,21 @@ def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, 
     if not pending:
         return totals
     tokenizer_json = (workdir / "tokenizer.json").read_text()
+    # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
+    plan_units = units_of(json.loads((workdir / "plan.json").read_text()))
+    sample = _sample_texts(plan_units, job["keys"])
+    reference = None
+    if job["backend"] != "hf":  # HF's ids for the probe, computed while the fast backend loads
+        reference = ReferenceIds(tokenizer_json, job["split_special_tokens"], probe_texts(tokenizer_json, sample))
     encoder, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"])
     workers = max(1, min(workers, len(pending)))
     log(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)")
-    # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
-    plan_units = units_of(json.loads((workdir / "plan.json").read_text()))
-    probe = None if encoder.backend == "hf" else (lambda: probe_mismatch(encoder, _sample_texts(plan_units, job["keys"])))
+    probe = None
+    if encoder.backend != "hf":
+        def probe():
+            return probe_mismatch(encoder, sample, reference)
+    elif reference is not None:
+        reference.close()
     try:
         note = _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json, merger) or note
     except BackendMismatch as exc:

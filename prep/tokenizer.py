@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -196,19 +198,56 @@ def load_encoder(spec_json: str, requested: str, split_special_tokens: bool) -> 
         return Encoder(spec_json, "hf", split_special_tokens), f"HF tokenizers (fastokens can't load this tokenizer: {exc})"
 
 
-def probe_mismatch(encoder: Encoder, sample: list[str]) -> tuple[str | None, int]:
-    """(description of the first difference or None, number of probe texts): the encoder's ids
-    against HF tokenizers' on built-in corner cases, every added token, and `sample`."""
-    from tokenizers import Tokenizer
+def probe_texts(spec_json: str, sample: list[str]) -> list[str]:
+    """Built-in corner cases, every added token (alone, together, inside text), and `sample`."""
+    specials = " x ".join(_special_strings(spec_json))
+    return PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
 
-    specials = " x ".join(_special_strings(encoder.spec_json))
-    texts = PROBE_TEXTS + sample + [specials, "a" + specials + " b", specials.replace(" x ", "")]
-    reference = Tokenizer.from_str(encoder.spec_json)
-    reference.encode_special_tokens = encoder.split_special_tokens
-    expected = reference.encode_batch(texts, add_special_tokens=False)
+
+def reference_ids(spec_json: str, split_special_tokens: bool, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """HF tokenizers' ids for `texts`, as (flat ids, offsets) like `Encoder.encode`."""
+    return Encoder(spec_json, "hf", split_special_tokens).encode(texts)
+
+
+class ReferenceIds:
+    """`reference_ids` computed in a forked process, started before the fast backend loads: on
+    a machine of few cores the probe then costs the workers nothing (loading the fast backend
+    is single-threaded and takes seconds for large vocabularies)."""
+
+    def __init__(self, spec_json: str, split_special_tokens: bool, texts: list[str], ahead: bool = True):
+        self.args = (spec_json, split_special_tokens, texts)
+        self._pool = self._future = None
+        if ahead and "fork" in mp.get_all_start_methods():
+            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+            self._future = self._pool.submit(reference_ids, *self.args)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._future is None:
+            return reference_ids(*self.args)
+        try:
+            return self._future.result()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+def probe_mismatch(encoder: Encoder, sample: list[str], reference: ReferenceIds | None = None) -> tuple[str | None, int]:
+    """(description of the first difference or None, number of probe texts): the encoder's ids
+    against HF tokenizers' on `probe_texts(sample)`, or on the texts of `reference`, HF's ids
+    computed ahead."""
+    if reference is None:
+        reference = ReferenceIds(encoder.spec_json, encoder.split_special_tokens, probe_texts(encoder.spec_json, sample), ahead=False)
+    texts = reference.args[2]
+    expected, expected_offsets = reference.result()
     ids, offsets = encoder.encode(texts)
-    for i, encoding in enumerate(expected):
-        if ids[offsets[i]:offsets[i + 1]].tolist() != encoding.ids:
+    if np.array_equal(ids, expected) and np.array_equal(offsets, expected_offsets):
+        return None, len(texts)
+    for i in range(len(texts)):
+        if not np.array_equal(ids[offsets[i]:offsets[i + 1]], expected[expected_offsets[i]:expected_offsets[i + 1]]):
             return f"{encoder.backend} differs from HF tokenizers on probe text {texts[i][:60]!r}", len(texts)
     return None, len(texts)
 

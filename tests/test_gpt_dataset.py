@@ -258,3 +258,30 @@ def test_rank_shards_are_disjoint_and_cover_every_full_global_batch(corpora, tmp
     for batch, indices in zip(loaders[2], loaders[2].indices()):  # the batches hold those samples
         assert torch.equal(batch["tokens"], torch.stack([ds[i]["tokens"] for i in indices]))
         assert torch.equal(batch["dataset_id"], torch.stack([ds[i]["dataset_id"] for i in indices]))
+
+
+@pytest.mark.parametrize("flags", [
+    {},
+    dict(create_attention_mask=False),
+    dict(add_extra_token_to_sequence=False, drop_last_partial_validation_sequence=False),
+    dict(drop_last_partial_validation_sequence=False, pad_id=198),  # a pad id that real text holds too
+    dict(eod_mask_loss=True, reset_position_ids=True),  # per-sample masks: collated in the worker
+], ids=["default", "no-attention-mask", "no-extra-token-padded", "pad-is-a-real-token", "per-sample-masks"])
+@pytest.mark.parametrize("blended", [False, True], ids=["single", "blended"])
+def test_batches_equal_collated_samples(corpora, tmp_path, flags, blended):
+    """The loader's batches (workers send token windows, the batch is finished in the main
+    process) equal torch's default_collate of the dataset's own samples, key by key."""
+    paths, weights = (corpora, [0.4, 0.6]) if blended else (corpora[0], None)
+    ds = gpt.GPTDataset(paths, weights, seq_length=48, split="90,10", num_samples=[200, 64, None], split_index=1,
+                        cache_dir=tmp_path, seed=5, **flags)
+    pad = ds.pad_id
+    loader = ds.dataloader(batch_size=8, num_workers=2)
+    padded_seen = 0
+    for batch, indices in zip(loader, loader.indices(), strict=True):
+        want = torch.utils.data.default_collate([ds[i] for i in indices])
+        assert list(batch) == list(want)
+        for key in want:
+            assert batch[key].dtype == want[key].dtype and torch.equal(batch[key], want[key]), key
+        padded_seen += sum(bool((ds.sources[0].text(i) == pad).any()) for i in indices if not blended)
+    if not blended and not flags.get("drop_last_partial_validation_sequence", True):
+        assert padded_seen  # the padded last sample was among them

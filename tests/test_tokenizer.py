@@ -62,6 +62,13 @@ def test_probe_catches_a_fast_backend_that_differs():
     encoder.encode = off_by_one
     mismatch, count = tok.probe_mismatch(encoder, ["some corpus text"])
     assert "differs from HF tokenizers" in mismatch and count > 20
+    # the same verdicts with HF's ids computed ahead in a forked process
+    texts = tok.probe_texts(spec.json, ["some corpus text"])
+    ahead = tok.ReferenceIds(spec.json, False, texts)
+    assert ahead._future is not None
+    assert tok.probe_mismatch(encoder, ["some corpus text"], ahead)[0] == mismatch
+    encoder.encode = real_encode
+    assert tok.probe_mismatch(encoder, ["some corpus text"], tok.ReferenceIds(spec.json, False, texts))[0] is None
 
 
 def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus, monkeypatch):
@@ -73,7 +80,7 @@ def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus,
     assert CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "ref")]).exit_code == 0
     from prep import run
 
-    monkeypatch.setattr(run, "probe_mismatch", lambda encoder, sample: ("fastokens differs from HF tokenizers on probe text 'x'", 1))
+    monkeypatch.setattr(run, "probe_mismatch", lambda encoder, sample, reference=None: ("fastokens differs from HF tokenizers on probe text 'x'", 1))
     result = CliRunner().invoke(cli.main, args + ["-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert "warning: fastokens differs" in result.output

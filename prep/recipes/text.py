@@ -68,18 +68,22 @@ def assemble(ids: np.ndarray, offsets: np.ndarray, owner: np.ndarray, n_document
     last[:-1] = document[1:] != document[:-1]
     # EOD positions are listed before BOS positions: at a shared position (the end of one
     # document, the start of the next) np.insert keeps that order, EOD then BOS.
+    # Ids fit the output dtype (it was chosen from the vocabulary size): int32 is a view of the
+    # uint32 ids, uint16 a cast of the ids alone, before the insert copies them once more.
+    dtype = np.dtype(dtype)
+    ids = ids.view(dtype) if dtype.itemsize == ids.dtype.itemsize else ids.astype(dtype)
     positions, values = [], []
     if eod is not None:
         positions.append(offsets[kept[last] + 1])
-        values.append(np.full(int(last.sum()), eod, np.uint32))
+        values.append(np.full(int(last.sum()), eod, dtype))
         sequence_lengths[last] += 1
     if bos is not None:
         positions.append(offsets[kept[first]])
-        values.append(np.full(int(first.sum()), bos, np.uint32))
+        values.append(np.full(int(first.sum()), bos, dtype))
         sequence_lengths[first] += 1
     tokens = np.insert(ids, np.concatenate(positions), np.concatenate(values)) if positions else ids
     return Documents(
-        tokens=tokens.astype(dtype, copy=False),
+        tokens=tokens,
         sequence_lengths=sequence_lengths.astype(np.int32),
         document_sequences=np.bincount(document, minlength=n_documents).astype(np.int32),
     )

@@ -31,7 +31,6 @@ class PartWriter:
         self.stem = parts / f"{unit.id}.{key}"
         self.tmp = Path(f"{self.stem}.bin.tmp.{os.getpid()}")
         self.file = open(self.tmp, "wb")
-        self.hash = xxhash.xxh3_128()
         self.dtype = np.dtype(dtype)
         self.lengths: list[np.ndarray] = []
         self.documents: list[np.ndarray] = []
@@ -40,7 +39,6 @@ class PartWriter:
     def write(self, tokens: np.ndarray, sequence_lengths: np.ndarray, document_sequences: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(tokens, self.dtype.newbyteorder("<"))).cast("B")
         self.file.write(data)
-        self.hash.update(data)
         self.tokens += len(tokens)
         self.lengths.append(sequence_lengths)
         self.documents.append(document_sequences)
@@ -61,7 +59,7 @@ class PartWriter:
             os.replace(tmp, f"{self.stem}{suffix}")
         os.replace(self.tmp, f"{self.stem}.bin")
         return {"documents": len(documents), "sequences": len(lengths), "tokens": self.tokens,
-                "empty_documents": int((documents == 0).sum()), "xxh3_128": self.hash.hexdigest()}
+                "empty_documents": int((documents == 0).sum())}
 
     def abort(self) -> None:
         self.file.close()
