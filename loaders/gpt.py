@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from loaders import manifest as manifests
+from loaders.dataloader import SharedBatches
 from loaders.formats.indexed import IndexedDataset, bin_path, idx_path
 
 SPLITS = ("train", "valid", "test")
@@ -402,20 +403,24 @@ class _Source:
         self.fill(i, row)
         return row
 
-    def fill(self, i: int, row: np.ndarray) -> None:
-        """Write `text(i)` into `row` (int64, of self.length) without intermediate arrays."""
-        j = self.shuffle_index[i]
-        (first, start), (last, stop) = self.sample_index[j:j + 2].tolist()
+    def fill(self, i: int, row: np.ndarray) -> bool:
+        """Write `text(i)` into `row`; True if it holds pad_id (Megatron's test for padding).
+        Scalar Python over the few documents of a sample: faster here than numpy's calls."""
+        j = int(self.shuffle_index[i])
+        first, start, last, stop = self.sample_index[j:j + 2].ravel().tolist()
         documents = self.document_index[first:last + 1]
-        begin = self.data.sequence_pointers[documents] // self.tokens.itemsize
-        end = begin + self.data.sequence_lengths[documents]
-        end[-1] = begin[-1] + stop + self.extra  # up to where the next sample starts, plus the extra token
-        begin[0] += start
-        at = 0
-        for b, e in zip(begin.tolist(), end.tolist()):
-            row[at:at + e - b] = self.tokens[b:e]
-            at += e - b
-        row[at:] = self.pad_id
+        size, tokens = self.tokens.itemsize, self.tokens
+        begins = self.data.sequence_pointers[documents].tolist()  # in bytes
+        lengths = self.data.sequence_lengths[documents].tolist()
+        lengths[-1] = stop + self.extra  # up to where the next sample starts, plus the extra token
+        begins[0] += start * size
+        lengths[0] -= start
+        filled = sum(lengths)
+        np.concatenate([tokens[b // size:b // size + n] for b, n in zip(begins, lengths)], out=row[:filled])
+        if filled < self.length:
+            row[filled:] = self.pad_id
+            return True
+        return self.pad_id >= 0 and bool((row == self.pad_id).any())
 
 
 class GPTDataset(torch.utils.data.Dataset):
@@ -492,7 +497,7 @@ class GPTDataset(torch.utils.data.Dataset):
         self._dataset_ids = [torch.tensor(d, dtype=torch.int16) for d in range(len(self.sources))]
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed", "_shared_by_device")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed", "_shared_by_device", "_scratch")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -560,47 +565,75 @@ class GPTDataset(torch.utils.data.Dataset):
         o = self.options
         return o.reset_position_ids or o.reset_attention_mask or o.eod_mask_loss
 
-    def fetch(self, indices) -> dict[str, torch.Tensor]:
-        """What a DataLoader worker hands over for the batch of samples `indices`: their token
-        windows as one int64 tensor (B, seq_length + extra), and dataset ids when blended.
-        `finish` turns it into the batch that collating `self[i]` gives, on any device."""
-        if self._per_sample:
-            return torch.utils.data.default_collate([self[int(i)] for i in indices])
-        text = np.empty((len(indices), self.sources[0].length), np.int64)
+    def fill(self, indices, text: np.ndarray, dataset_id: np.ndarray | None = None, padded: np.ndarray | None = None) -> None:
+        """Write the token windows of samples `indices` into the rows of `text` (int64,
+        (len(indices), seq_length + extra)), their dataset ids when blended, and whether each
+        window holds pad_id."""
         if not self.blended:
-            for row, i in zip(text, indices):
-                self.sources[0].fill(int(i), row)
-            return {"text": torch.from_numpy(text)}
-        ids = self.dataset_index[np.asarray(indices, np.int64)]
-        for row, d, i in zip(text, ids.tolist(), self.dataset_sample_index[np.asarray(indices, np.int64)].tolist()):
-            self.sources[d].fill(i, row)
-        return {"text": torch.from_numpy(text), "dataset_id": torch.from_numpy(ids.astype(np.int16))}
+            for r, i in enumerate(indices):
+                flag = self.sources[0].fill(int(i), text[r])
+                if padded is not None:
+                    padded[r] = flag
+            return
+        at = np.asarray(indices, np.int64)
+        ids = self.dataset_index[at]
+        for r, (d, i) in enumerate(zip(ids.tolist(), self.dataset_sample_index[at].tolist())):
+            flag = self.sources[d].fill(i, text[r])
+            if padded is not None:
+                padded[r] = flag
+        dataset_id[:] = ids
 
-    def finish(self, fetched: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch of `fetch`'s windows, equal to `default_collate([self[i] for i in indices])`.
-        The masks and positions every sample shares are expanded views of one cached tensor per
-        device, not copies (Megatron shares them too)."""
-        if "text" not in fetched:
-            return fetched
-        o, pad, text = self.options, self.pad_id, fetched["text"]
-        if o.add_extra_token_to_sequence:
-            tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
-            padded = (text == pad).any(1, keepdim=True)
+    def batch_shapes(self, batch_size: int) -> dict:
+        """{name: (shape, numpy dtype)} of the arrays `fill_batch` writes for one batch."""
+        B, S = batch_size, self.options.seq_length
+        if self._per_sample:
+            shapes = {"text": ((B, self.sources[0].length), np.int64)}
         else:
-            tokens, labels = text, torch.roll(text, -1, 1)
-            labels[:, -1] = pad
-            padded = torch.ones(len(text), 1, dtype=torch.bool, device=text.device)
-        attention_mask, _, position_ids = self._shared(text.device)
-        loss_mask = torch.ones(tokens.shape, dtype=torch.float, device=text.device)
-        if padded.any():  # pads get no loss and become token 0, in the samples that have them
-            loss_mask.masked_fill_((labels == pad) & padded, 0.0)
-            tokens.masked_fill_((tokens == pad) & padded, 0)
-            labels.masked_fill_((labels == pad) & padded, 0)
-        batch = {"dataset_id": fetched["dataset_id"]} if "dataset_id" in fetched else {}
-        batch.update(tokens=tokens, labels=labels)
-        if o.create_attention_mask:
-            batch["attention_mask"] = attention_mask[None].expand(len(text), *attention_mask.shape)
-        batch.update(loss_mask=loss_mask, position_ids=position_ids[None].expand(len(text), -1))
+            shapes = {"tokens": ((B, S), np.int64), "labels": ((B, S), np.int64), "loss_mask": ((B, S), np.float32)}
+        if self.blended:
+            shapes["dataset_id"] = ((B,), np.int16)
+        return shapes
+
+    def fill_batch(self, indices, arrays: dict[str, np.ndarray]) -> None:
+        """Write the batch of samples `indices` into `arrays` (of `batch_shapes`): a loader
+        worker's part. `finish` makes the batch from a copy of them."""
+        if "text" in arrays:  # masks and positions differ from sample to sample: made by finish
+            self.fill(indices, arrays["text"], arrays.get("dataset_id"))
+            return
+        pad = self.pad_id
+        if getattr(self, "_scratch", None) is None or len(self._scratch[0]) != len(indices):
+            self._scratch = np.empty((len(indices), self.sources[0].length), np.int64), np.empty(len(indices), bool)
+        text, padded = self._scratch
+        self.fill(indices, text, arrays.get("dataset_id"), padded)
+        tokens, labels, loss_mask = arrays["tokens"], arrays["labels"], arrays["loss_mask"]
+        if self.options.add_extra_token_to_sequence:
+            tokens[:], labels[:] = text[:, :-1], text[:, 1:]
+        else:  # Megatron rolls the labels and treats every such sample as padded
+            tokens[:], labels[:, :-1], labels[:, -1] = text, text[:, 1:], pad
+            padded[:] = True
+        loss_mask.fill(1.0)
+        for r in np.flatnonzero(padded).tolist():  # pads get no loss and become token 0, in the samples that have them
+            loss_mask[r, labels[r] == pad] = 0.0
+            tokens[r, tokens[r] == pad] = 0
+            labels[r, labels[r] == pad] = 0
+
+    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch made of `fill_batch`'s arrays (a copy the caller owns, on any device): equal
+        to `default_collate([self[i] for i in indices])`. The masks and positions every sample
+        shares are expanded views of one cached tensor per device (Megatron shares them too)."""
+        ids = {"dataset_id": arrays["dataset_id"]} if "dataset_id" in arrays else {}
+        if "text" in arrays:
+            device = arrays["text"].device
+            rows = [self._sample(row) for row in arrays["text"].cpu().numpy()]
+            if ids:
+                rows = [{"dataset_id": d, **r} for d, r in zip(ids["dataset_id"].cpu(), rows)]
+            return {k: v.to(device) for k, v in torch.utils.data.default_collate(rows).items()}
+        tokens = arrays["tokens"]
+        attention_mask, _, position_ids = self._shared(tokens.device)
+        batch = {**ids, "tokens": tokens, "labels": arrays["labels"]}
+        if self.options.create_attention_mask:
+            batch["attention_mask"] = attention_mask[None].expand(len(tokens), *attention_mask.shape)
+        batch.update(loss_mask=arrays["loss_mask"], position_ids=position_ids[None].expand(len(tokens), -1))
         return batch
 
     def _shared(self, device: torch.device):
@@ -614,7 +647,7 @@ class GPTDataset(torch.utils.data.Dataset):
     # Loading and resuming ---------------------------------------------------------------------
 
     def dataloader(self, batch_size: int, rank: int | None = None, world_size: int | None = None,
-                   device: str | torch.device = "cpu", num_workers: int = 2, prefetch_factor: int = 2) -> Loader:
+                   device: str | torch.device = "cpu", num_workers: int = 2, prefetch_factor: int = 4) -> Loader:
         """This rank's batches from the dataset's position; see `Loader`."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
@@ -634,8 +667,9 @@ class GPTDataset(torch.utils.data.Dataset):
 class Loader:
     """Batches of one rank, as Megatron's `MegatronPretrainingSampler` lays them out: global batch
     g is samples [g * B * W, (g + 1) * B * W) of the dataset, rank r takes the r-th run of B; the
-    last partial global batch is dropped. DataLoader workers read ahead; on CUDA, batches are
-    pinned and copied without blocking, one batch ahead. Each batch handed out moves the
+    last partial global batch is dropped. Forked workers write the token windows of the next
+    batches into shared memory (`SharedBatches`); the batch is finished on the device, and on
+    CUDA copied there from pinned memory without blocking, one batch ahead. Each batch handed out moves the
     dataset's `consumed_samples`, so `dataset.state_dict()` resumes exactly after it."""
 
     def __init__(self, dataset: GPTDataset, batch_size: int, rank: int, world_size: int,
@@ -661,14 +695,19 @@ class Loader:
         if ds.consumed_samples >= self.end:  # the last pass was finished: start the next
             ds.consumed_samples, ds.epoch = 0, ds.epoch + 1
         start = ds.consumed_samples
-        workers = dict(num_workers=self.num_workers, prefetch_factor=self.prefetch_factor) if self.num_workers else {}
-        # Workers hand over one tensor of token windows a batch (torch's per-tensor hand-off
-        # dominates otherwise); the batch is finished here, on the device.
-        loader = torch.utils.data.DataLoader(_Fetch(ds), sampler=_Batches(self, start), batch_size=None,
-                                             pin_memory=self.device.type == "cuda", **workers)
+        count = max(0, self.end - start) // self.global_batch
+        first = start + self.rank * self.batch_size
+
+        def fill(k: int, arrays: dict) -> None:
+            i = first + k * self.global_batch
+            ds.fill_batch(range(i, i + self.batch_size), arrays)
+
+        # Workers write each batch into a slot of shared memory; here it is copied once (to the
+        # device) and finished there.
+        batches = SharedBatches(fill, count, ds.batch_shapes(self.batch_size), self.num_workers, self.prefetch_factor)
         ahead = deque()
-        for step, fetched in enumerate(loader, 1):
-            ahead.append((start + step * self.global_batch, ds.finish(self._to_device(fetched))))
+        for step, slot in enumerate(batches, 1):
+            ahead.append((start + step * self.global_batch, ds.finish(batches.unpack(self._copy(slot)))))
             if len(ahead) > 1:
                 ds.consumed_samples, batch = ahead.popleft()
                 yield batch
@@ -676,30 +715,17 @@ class Loader:
             ds.consumed_samples, batch = ahead.popleft()
             yield batch
 
-    def _to_device(self, batch: dict) -> dict:
-        if self.device.type == "cpu":
-            return batch
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-
-
-class _Fetch(torch.utils.data.Dataset):
-    """The dataset as DataLoader workers see it: an item is a batch, by its list of indices."""
-
-    def __init__(self, dataset: GPTDataset):
-        self.dataset = dataset
-
-    def __getitem__(self, indices) -> dict:
-        return self.dataset.fetch(indices)
-
-
-class _Batches:
-    """A batch sampler over `Loader.indices`, with the length DataLoader asks for."""
-
-    def __init__(self, loader: Loader, start: int):
-        self.loader, self.start = loader, start
-
-    def __iter__(self):
-        return self.loader.indices(self.start)
-
-    def __len__(self) -> int:
-        return max(0, self.loader.end - self.start) // self.loader.global_batch
+    def _copy(self, slot: np.ndarray) -> torch.Tensor:
+        """A copy of a shared-memory slot on the device. On CUDA it goes through a pinned buffer
+        and a non-blocking copy; a buffer is reused once the copy out of it has completed."""
+        if self.device.type != "cuda":
+            return torch.from_numpy(slot.copy())  # numpy's copy: one thread, where torch's would start its pool
+        if getattr(self, "_stages", None) is None or self._stages[0][0].numel() != slot.size:
+            self._stages = deque((torch.empty(slot.size, dtype=torch.uint8, pin_memory=True), torch.cuda.Event()) for _ in range(2))
+        stage, copied = self._stages[0]
+        self._stages.rotate(-1)
+        copied.synchronize()
+        stage.copy_(torch.from_numpy(slot))
+        moved = stage.to(self.device, non_blocking=True)
+        copied.record()
+        return moved
