@@ -130,19 +130,21 @@ def getitem(ours, theirs, count: int) -> None:
           f"Megatron-Core {count / theirs_s:,.0f}/s, ratio {theirs_s / ours_s:.2f}")
 
 
-def dataloader(ours, theirs, batches: int, workers: int, label: str) -> None:
-    def rate(loader):
+def dataloader(ours, theirs, batches: int, workers: int, label: str, batch_size: int = 8) -> None:
+    def rate(loader, count):
         it = iter(loader)
         next(it)  # worker start-up is not throughput
         started = time.perf_counter()
-        n = sum(len(next(it)["tokens"]) for _ in range(batches))
+        n = sum(len(next(it)["tokens"]) for _ in range(count))
         return n / (time.perf_counter() - started)
 
-    # best of two runs each, alternating: a shared machine is noisy
-    rates = [(rate(ours.dataloader(batch_size=8, num_workers=workers)),
-              rate(torch.utils.data.DataLoader(theirs, batch_size=8, num_workers=workers))) for _ in range(2)]
+    # best of three runs each, alternating: a shared machine is noisy. torch's DataLoader over
+    # Megatron's dataset is ~20x slower: fewer batches for it.
+    rates = [(rate(ours.dataloader(batch_size=batch_size, num_workers=workers), batches),
+              rate(torch.utils.data.DataLoader(theirs, batch_size=batch_size, num_workers=workers), max(20, batches // 10)))
+             for _ in range(3)]
     ours_rate, theirs_rate = max(r[0] for r in rates), max(r[1] for r in rates)
-    print(f"DataLoader    {workers} workers, batch 8, {label}: ours {ours_rate:,.0f} samples/s, "
+    print(f"DataLoader    {workers} workers, batch {batch_size}, {label}: ours {ours_rate:,.0f} samples/s, "
           f"Megatron-Core in torch's DataLoader {theirs_rate:,.0f} samples/s, ratio {ours_rate / theirs_rate:.2f}")
 
 
@@ -170,7 +172,8 @@ def main() -> None:
         theirs = megatron_blend(outs, [0.3, 0.7], 100_000, args.seq_length, args.data / f"cache_megatron{len(flags)}", **flags)
         if not flags:
             getitem(ours, theirs, 20_000)
-        dataloader(ours, theirs, 200, args.workers, label)
+        for batch_size in (8, 32):
+            dataloader(ours, theirs, 2000 // batch_size * 8, args.workers, label, batch_size)
     torch.distributed.destroy_process_group()
 
 

@@ -139,8 +139,9 @@ class SharedBatches:
 
     `fill(k, arrays)` writes batch k into `arrays` ({name: numpy array of `shapes[name]`}); it
     runs in the workers (or here, with `num_workers=0` or where fork is unavailable). Iterating
-    yields each batch's slot, in order, as one uint8 array: valid until the next batch is asked
-    for, so the consumer copies it (one copy, to any device) and `unpack`s the copy."""
+    yields, in order, each batch's slot as one uint8 array and as its arrays: valid until the next
+    batch is asked for, so the consumer copies what it keeps (a device copy of the slot can be
+    `unpack`ed)."""
 
     _HEADER = struct.Struct("qq")  # batch number (-1: stop), then 0 or the length of an error text
 
@@ -171,7 +172,7 @@ class SharedBatches:
             raw, views = self._views(bytearray(self.slot_bytes))
             for k in range(self.count):
                 self.fill(k, views[0])
-                yield raw[0]
+                yield raw[0], views[0]
             return
         buffer = mmap.mmap(-1, self.slots * self.slot_bytes)  # anonymous and shared: forked workers write into it
         raw, views = self._views(buffer)
@@ -208,7 +209,7 @@ class SharedBatches:
                 done, error = self._HEADER.unpack(_read(results[w], self._HEADER.size, workers[w]))
                 if error:
                     raise RuntimeError(f"loader worker failed on batch {done}:\n{_read(results[w], error).decode()}")
-                yield raw[k % self.slots]
+                yield raw[k % self.slots], views[k % self.slots]
                 # the consumer is done with this slot: batch k + slots may go in it. A worker
                 # about to run dry is told at once; otherwise a few slots at a time.
                 release(k + self.slots, k % self.slots, flush=k + self.slots + self.num_workers * credit >= self.count)

@@ -585,55 +585,56 @@ class GPTDataset(torch.utils.data.Dataset):
 
     def batch_shapes(self, batch_size: int) -> dict:
         """{name: (shape, numpy dtype)} of the arrays `fill_batch` writes for one batch."""
-        B, S = batch_size, self.options.seq_length
-        if self._per_sample:
-            shapes = {"text": ((B, self.sources[0].length), np.int64)}
-        else:
-            shapes = {"tokens": ((B, S), np.int64), "labels": ((B, S), np.int64), "loss_mask": ((B, S), np.float32)}
+        shapes = {"text": ((batch_size, self.sources[0].length), np.int64), "padded": ((batch_size,), bool)}
         if self.blended:
-            shapes["dataset_id"] = ((B,), np.int16)
+            shapes["dataset_id"] = ((batch_size,), np.int16)
         return shapes
 
     def fill_batch(self, indices, arrays: dict[str, np.ndarray]) -> None:
-        """Write the batch of samples `indices` into `arrays` (of `batch_shapes`): a loader
-        worker's part. `finish` makes the batch from a copy of them."""
-        if "text" in arrays:  # masks and positions differ from sample to sample: made by finish
-            self.fill(indices, arrays["text"], arrays.get("dataset_id"))
-            return
-        pad = self.pad_id
-        if getattr(self, "_scratch", None) is None or len(self._scratch[0]) != len(indices):
-            self._scratch = np.empty((len(indices), self.sources[0].length), np.int64), np.empty(len(indices), bool)
-        text, padded = self._scratch
-        self.fill(indices, text, arrays.get("dataset_id"), padded)
-        tokens, labels, loss_mask = arrays["tokens"], arrays["labels"], arrays["loss_mask"]
-        if self.options.add_extra_token_to_sequence:
-            tokens[:], labels[:] = text[:, :-1], text[:, 1:]
-        else:  # Megatron rolls the labels and treats every such sample as padded
-            tokens[:], labels[:, :-1], labels[:, -1] = text, text[:, 1:], pad
-            padded[:] = True
-        loss_mask.fill(1.0)
-        for r in np.flatnonzero(padded).tolist():  # pads get no loss and become token 0, in the samples that have them
-            loss_mask[r, labels[r] == pad] = 0.0
-            tokens[r, tokens[r] == pad] = 0
-            labels[r, labels[r] == pad] = 0
+        """Write the token windows of samples `indices` into `arrays` (of `batch_shapes`): a
+        loader worker's part. `finish` makes the batch from them."""
+        self.fill(indices, arrays["text"], arrays.get("dataset_id"), arrays["padded"])
 
-    def finish(self, arrays: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch made of `fill_batch`'s arrays (a copy the caller owns, on any device): equal
-        to `default_collate([self[i] for i in indices])`. The masks and positions every sample
-        shares are expanded views of one cached tensor per device (Megatron shares them too)."""
-        ids = {"dataset_id": arrays["dataset_id"]} if "dataset_id" in arrays else {}
-        if "text" in arrays:
-            device = arrays["text"].device
-            rows = [self._sample(row) for row in arrays["text"].cpu().numpy()]
+    def finish(self, arrays: dict) -> dict[str, torch.Tensor]:
+        """The batch of `fill_batch`'s arrays, equal to `default_collate([self[i] for i in
+        indices])`; it copies, never returning views of `arrays`. Numpy arrays give a batch on
+        the CPU (numpy's copies are single-threaded, cheaper here than torch's); tensors, one on
+        their device. The masks and positions every sample shares are expanded views of one
+        cached tensor per device (Megatron shares them too)."""
+        o, pad = self.options, self.pad_id
+        text, padded = arrays["text"], np.asarray(arrays["padded"])  # `padded` stays on the CPU
+        on_cpu = isinstance(text, np.ndarray)
+        ids = {"dataset_id": torch.from_numpy(arrays["dataset_id"].copy()) if on_cpu else arrays["dataset_id"].clone()} \
+            if "dataset_id" in arrays else {}
+        if self._per_sample:  # masks and positions differ from sample to sample
+            rows = [self._sample(row) for row in (text.copy() if on_cpu else text.cpu().numpy())]
             if ids:
                 rows = [{"dataset_id": d, **r} for d, r in zip(ids["dataset_id"].cpu(), rows)]
-            return {k: v.to(device) for k, v in torch.utils.data.default_collate(rows).items()}
-        tokens = arrays["tokens"]
+            batch = torch.utils.data.default_collate(rows)
+            return batch if on_cpu else {k: v.to(text.device) for k, v in batch.items()}
+        if not o.add_extra_token_to_sequence:  # Megatron rolls the labels and treats every such sample as padded
+            tokens, labels = (text.copy(), np.roll(text, -1, 1)) if on_cpu else (text.clone(), torch.roll(text, -1, 1))
+            labels[:, -1] = pad
+            padded = np.ones(len(text), bool)
+        elif on_cpu:
+            tokens, labels = text[:, :-1].copy(), text[:, 1:].copy()
+        else:
+            tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
+        loss_mask = np.ones(tokens.shape, np.float32) if on_cpu else torch.ones(tokens.shape, device=text.device)
+        rows = np.flatnonzero(padded)
+        if len(rows):  # pads get no loss and become token 0, in the samples that have them
+            rows = rows if on_cpu else torch.from_numpy(rows).to(text.device)
+            for array, where in ((loss_mask, labels), (tokens, tokens), (labels, labels)):
+                part = array[rows]
+                part[where[rows] == pad] = 0
+                array[rows] = part
+        if on_cpu:
+            tokens, labels, loss_mask = torch.from_numpy(tokens), torch.from_numpy(labels), torch.from_numpy(loss_mask)
         attention_mask, _, position_ids = self._shared(tokens.device)
-        batch = {**ids, "tokens": tokens, "labels": arrays["labels"]}
-        if self.options.create_attention_mask:
+        batch = {**ids, "tokens": tokens, "labels": labels}
+        if o.create_attention_mask:
             batch["attention_mask"] = attention_mask[None].expand(len(tokens), *attention_mask.shape)
-        batch.update(loss_mask=arrays["loss_mask"], position_ids=position_ids[None].expand(len(tokens), -1))
+        batch.update(loss_mask=loss_mask, position_ids=position_ids[None].expand(len(tokens), -1))
         return batch
 
     def _shared(self, device: torch.device):
@@ -706,8 +707,9 @@ class Loader:
         # device) and finished there.
         batches = SharedBatches(fill, count, ds.batch_shapes(self.batch_size), self.num_workers, self.prefetch_factor)
         ahead = deque()
-        for step, slot in enumerate(batches, 1):
-            ahead.append((start + step * self.global_batch, ds.finish(batches.unpack(self._copy(slot)))))
+        for step, (slot, arrays) in enumerate(batches, 1):
+            ahead.append((start + step * self.global_batch, ds.finish(arrays if self.device.type == "cpu" else {
+                **batches.unpack(self._copy(slot)), "padded": arrays["padded"].copy()})))
             if len(ahead) > 1:
                 ds.consumed_samples, batch = ahead.popleft()
                 yield batch
@@ -716,10 +718,8 @@ class Loader:
             yield batch
 
     def _copy(self, slot: np.ndarray) -> torch.Tensor:
-        """A copy of a shared-memory slot on the device. On CUDA it goes through a pinned buffer
-        and a non-blocking copy; a buffer is reused once the copy out of it has completed."""
-        if self.device.type != "cuda":
-            return torch.from_numpy(slot.copy())  # numpy's copy: one thread, where torch's would start its pool
+        """A shared-memory slot copied to the device (CUDA), through a pinned buffer and a
+        non-blocking copy; a buffer is reused once the copy out of it has completed."""
         if getattr(self, "_stages", None) is None or self._stages[0][0].numel() != slot.size:
             self._stages = deque((torch.empty(slot.size, dtype=torch.uint8, pin_memory=True), torch.cuda.Event()) for _ in range(2))
         stage, copied = self._stages[0]

@@ -285,3 +285,20 @@ def test_batches_equal_collated_samples(corpora, tmp_path, flags, blended):
         padded_seen += sum(bool((ds.sources[0].text(i) == pad).any()) for i in indices if not blended)
     if not blended and not flags.get("drop_last_partial_validation_sequence", True):
         assert padded_seen  # the padded last sample was among them
+
+
+@pytest.mark.parametrize("flags", [{}, dict(add_extra_token_to_sequence=False, drop_last_partial_validation_sequence=False)],
+                         ids=["default", "no-extra-token-padded"])
+def test_finish_on_tensors_equals_finish_on_numpy(corpora, tmp_path, flags):
+    """The device path (tensors, as on CUDA) and the CPU path (numpy) make the same batch."""
+    ds = gpt.GPTDataset(corpora, seq_length=40, split="90,10", num_samples=[100, None, None], split_index=1,
+                        cache_dir=tmp_path, **flags)  # valid: one epoch of each source, blended
+    assert ds.blended
+    arrays = {name: np.zeros(shape, dtype) for name, (shape, dtype) in ds.batch_shapes(len(ds)).items()}
+    ds.fill_batch(range(len(ds)), arrays)
+    assert arrays["padded"].any() == (not flags.get("drop_last_partial_validation_sequence", True))
+    on_cpu = ds.finish(arrays)
+    as_tensors = ds.finish({name: torch.from_numpy(array) for name, array in arrays.items()})
+    assert list(on_cpu) == list(as_tensors)
+    for key in on_cpu:
+        assert on_cpu[key].dtype == as_tensors[key].dtype and torch.equal(on_cpu[key], as_tensors[key]), key
