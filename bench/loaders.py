@@ -97,9 +97,14 @@ def index_build(folder: Path, samples: int, seq_length: int) -> None:
     from megatron.core.datasets import helpers
 
     outs = [synthetic(folder, "synthetic_a", 4_000_000, 1), synthetic(folder, "synthetic_b", 8_000_000, 2)]
-    theirs_s, theirs = timed(lambda: megatron_blend(outs, [0.3, 0.7], samples, seq_length, folder / "cache_megatron"))
-    ours_s, ours = timed(lambda: gpt.GPTDataset.from_manifests(outs, [0.3, 0.7], seq_length=seq_length, split="99,1,0",
-                                                               num_samples=samples, cache_dir=folder / "cache_ours"))
+    runs = []
+    for _ in range(2):  # alternating, best of two each: the machine is shared and noisy
+        for cache in ("cache_megatron", "cache_ours"):
+            shutil.rmtree(folder / cache, ignore_errors=True)
+        runs.append((timed(lambda: megatron_blend(outs, [0.3, 0.7], samples, seq_length, folder / "cache_megatron")),
+                     timed(lambda: gpt.GPTDataset.from_manifests(outs, [0.3, 0.7], seq_length=seq_length, split="99,1,0",
+                                                                  num_samples=samples, cache_dir=folder / "cache_ours"))))
+    (theirs_s, theirs), (ours_s, ours) = min((r[0] for r in runs), key=lambda r: r[0]), min((r[1] for r in runs), key=lambda r: r[0])
     assert np.array_equal(ours.dataset_index, theirs.dataset_index)
     assert all(np.array_equal(s.shuffle_index, m.shuffle_index) for s, m in zip(ours.sources, theirs.datasets))
     tokens = sum(json.loads((o / "manifest.json").read_text())["datasets"]["text"]["shards"][0]["tokens"] for o in outs)
