@@ -282,12 +282,9 @@ def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, 
     encoder, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"])
     workers = max(1, min(workers, len(pending)))
     log(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)")
-    probe = None
-    if encoder.backend != "hf":
-        def probe():
-            return probe_mismatch(encoder, sample, reference)
-    elif reference is not None:
+    if encoder.backend == "hf" and reference is not None:
         reference.close()
+    probe = None if encoder.backend == "hf" else (lambda: probe_mismatch(encoder, sample, reference))
     try:
         note = _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer_json, merger) or note
     except BackendMismatch as exc:

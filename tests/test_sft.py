@@ -183,3 +183,38 @@ def test_bad_conversation_stops_with_path_line_reason(tmp_path, record, reason):
     prep("tokenize", corpus, "-o", tmp_path / "skip", "--recipe", "chat", "--tokenizer", TEMPLATES["smollm2"], "--skip-invalid")
     stats = json.loads((tmp_path / "skip" / "manifest.json").read_text())["stats"]
     assert stats["skipped_total"] == 1 and stats["documents"] == len(convs)
+
+
+def test_template_environment_renders_as_transformers_does():
+    """prep.recipes.jinja (no transformers import at run time) against transformers' own
+    environment, on the features chat templates use, and on the three real templates."""
+    import jinja2
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    from prep.recipes.jinja import compile_template
+    from prep.tokenizer import load_spec
+
+    probe = """{%- set ns = namespace(n=0, seen=dict(a=1)) -%}
+{% for m in messages %}{% if m.role == 'skip' %}{% continue %}{% endif %}{% set ns.n = ns.n + 1 %}
+{{ m.role }}: {{ m.content | tojson }} {{ m.content.strip().upper() }} {{ loop.first }} {{ loop.revindex }} {{ m.items() | list | length }} {{ m.get('missing', 'dflt') }} {{ m.nope is defined }}
+{% if loop.index > 2 %}{% break %}{% endif %}{% endfor %}
+{{ ns.n }} {{ ns.seen | tojson(indent=2) }} {{ tools | tojson(separators=(',', ':')) }} {{ strftime_now('%Y') | length }}"""
+    messages = [{"role": "user", "content": 'é <b>&</b> "q" 日本'}, {"role": "skip", "content": "x"},
+                {"role": "assistant", "content": "a\nb"}, {"role": "user", "content": "c"}, {"role": "user", "content": "d"}]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"x": 1}}}]
+    ours, theirs = compile_template(probe), _compile_jinja_template(probe)
+    assert ours.render(messages=messages, tools=tools) == theirs.render(messages=messages, tools=tools)
+    for template in ("{{ raise_exception('no') }}", "{{ '{0.__class__}'.format(messages) }}", "{% set ns = namespace() %}{% set ns._x = 1 %}",
+                     "{{ messages.__class__ }}", "{{ messages.append(1) }}"):
+        errors = []
+        for compiled in (compile_template(template), _compile_jinja_template(template)):
+            try:
+                errors.append(("ok", compiled.render(messages=[])))
+            except jinja2.exceptions.TemplateError as exc:
+                errors.append((type(exc).__name__, None))
+        assert errors[0] == errors[1], template
+    for name in ("smollm2-135m-instruct", "llama3"):
+        template = load_spec(str(TOKENIZERS / name)).chat_template
+        kwargs = dict(messages=[{"role": "system", "content": "s"}, *messages[2:]], tools=tools, add_generation_prompt=True,
+                      bos_token="<s>", eos_token="</s>", documents=None)
+        assert compile_template(template).render(**kwargs) == _compile_jinja_template(template).render(**kwargs), name

@@ -1,7 +1,7 @@
 """Chat, instruction and completion records -> rendered text + the character spans to train on.
 
-The tokenizer's own chat template renders a conversation (through transformers' renderer, so
-the text is what `apply_chat_template` gives). The trained spans are the assistant turns: their
+The tokenizer's own chat template renders a conversation, in the environment transformers
+renders templates in (prep.recipes.jinja), so the text is what `apply_chat_template` gives. The trained spans are the assistant turns: their
 reasoning, content and tool calls, through the end-of-turn token the template emits after them.
 They come from the template's `{% generation %}` blocks when it has them; otherwise from a
 render in which each assistant content is wrapped in private-use markers, accepted only when
@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 
 import orjson
+
+from prep.recipes.jinja import compile_template
 
 OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
 MARKERS = re.compile(f"[{OPEN}{CLOSE}{R_OPEN}{R_CLOSE}]")
@@ -104,13 +106,15 @@ class ChatTemplate:
 
     def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
                  last_turn_only: bool = False):
-        from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
-
-        self._render_jinja = render_jinja_template
-        self._compiled = _compile_jinja_template(template)
         self.template, self.special_tokens = template, special_tokens
         self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
         self.generation = bool(GENERATION.search(template))
+        if self.generation:  # the spans come from transformers' own generation tracker
+            from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+
+            self._render_jinja, self._compiled = render_jinja_template, _compile_jinja_template(template)
+        else:
+            self._compiled = compile_template(template)
         # Templates differ on tool-call arguments: an object (HF's convention) or a JSON string
         # (DeepSeek-V3 concatenates them). Ask the template once.
         self.string_arguments = False
@@ -198,13 +202,19 @@ class ChatTemplate:
         if marked is None:
             return None, None
         rendered = self.render(marked, tools)
-        text = MARKERS.sub("", rendered)
+        found, text = [], rendered  # (position, marker): str.find and str.replace beat a regex here
+        for marker in (OPEN, CLOSE, R_OPEN, R_CLOSE):
+            at = rendered.find(marker)
+            if at >= 0:
+                text = text.replace(marker, "")
+            while at >= 0:
+                found.append((at, marker))
+                at = rendered.find(marker, at + 1)
         if not self.faithful and text != self.render(messages, tools):
             return None, None
-        positions, removed = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}, 0
-        for match in MARKERS.finditer(rendered):
-            positions[match.group()].append(match.start() - removed)
-            removed += 1
+        positions = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}
+        for removed, (at, marker) in enumerate(sorted(found)):
+            positions[marker].append(at - removed)  # where it was in the text without markers
         if len(positions[OPEN]) != len(assistants) or len(positions[CLOSE]) != len(assistants):
             return None, None
         reasoning = [bool(messages[i].get("reasoning_content")) for i in assistants]
