@@ -116,3 +116,42 @@ def test_missing_caption_is_a_one_line_error(tmp_path, tiny_flux):
     result = latents_cli(inputs, "-o", tmp_path / "out", "--family", "flux", "--model", tiny_flux, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: {inputs / 'coffee.png'}: no caption")
+
+
+def test_captions_from_a_column_of_a_local_dataset(tmp_path, tiny_flux):
+    """--captions: a Parquet file, a save_to_disk folder, a JSONL with other column names; the
+    sidecar .txt still wins; a row without the columns is a one-line error naming file and row."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prep.latents import media
+
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    files = [inputs / "coffee.png", inputs / "sub" / "astronaut.png", inputs / "sub" / "own.png"]
+    for f in files:
+        f.write_bytes((IMAGES / "coffee.png").read_bytes())
+    files[2].with_suffix(".txt").write_text("from the sidecar")
+    rows = {"path": ["coffee.png", "sub/astronaut.png", "own.png"], "prompt_en": ["a cup", "a person in space", "ignored"],
+            "extra": [1, 2, 3]}
+    pq.write_table(pa.table(rows), tmp_path / "caps.parquet")
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "caps.jsonl").write_text("".join(json.dumps({"file": p, "caption": c}) + "\n" for p, c in zip(rows["path"], rows["prompt_en"])))
+    want = {str(files[0]): "a cup", str(files[1]): "a person in space", str(files[2]): "from the sidecar"}
+    assert media.find_captions(files, str(tmp_path / "caps.parquet"), "path", "prompt_en") == want
+    assert media.find_captions(files, str(tmp_path / "saved"), "path", "prompt_en") == want
+    assert media.find_captions(files, str(tmp_path / "caps.jsonl"), "file") == want  # caption column found by name
+
+    out = tmp_path / "out"
+    latents_cli(inputs, "-o", out, "--family", "flux", "--model", tiny_flux, "--preset", "256p",
+                "--captions", tmp_path / "caps.parquet", "--file-column", "path", "--caption-column", "prompt_en")
+    prompts = {}  # what the item files and AutoModel's metadata record as each file's prompt
+    for shard in sorted(out.glob("metadata_shard_*.json")):
+        for entry in json.loads(shard.read_text()):
+            prompts[entry["image_path"]] = entry["prompt"]
+    assert prompts == want
+    bad = latents_cli(inputs, "-o", tmp_path / "bad", "--family", "flux", "--model", tiny_flux,
+                      "--captions", tmp_path / "caps.parquet", "--caption-column", "prompt_en", check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'caps.parquet'}: no column 'file_name' (columns: path, prompt_en, extra)"

@@ -43,8 +43,12 @@ from prep.errors import PrepError
               help="CPU processes decoding media per device. Default: the usable CPUs minus one.")
 @click.option("--unit-items", type=click.IntRange(min=1), default=None,
               help="Items per work unit (the grain of work stealing, Slurm slicing and resume). Default 64.")
-@click.option("--captions", default=None, type=click.Path(dir_okay=False, exists=True),
-              help="JSONL of {file_name, text} for files without a sidecar .txt or a captions.jsonl/metadata.jsonl beside them.")
+@click.option("--captions", default=None, type=click.Path(exists=True),
+              help="A local dataset of captions for files without a sidecar .txt or a captions.jsonl/metadata.jsonl "
+                   "beside them: JSONL (.gz/.zst), Parquet, Arrow, a folder of them, or a save_to_disk folder.")
+@click.option("--file-column", default="file_name", show_default=True,
+              help="--captions column naming the media file (its path relative to the input folder, or its name).")
+@click.option("--caption-column", default=None, help="--captions column holding the caption. Default: text, caption or prompt.")
 @click.option("--caption-fallback", type=click.Choice(["none", "filename"]), default="none", show_default=True,
               help="filename: a file with no caption gets its name (AutoModel's fallback). none: it is a bad item.")
 @click.option("--skip-invalid", is_flag=True,
@@ -53,11 +57,13 @@ from prep.errors import PrepError
 @click.option("--task", default=None, help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixels, frames, device, precision, deterministic,
-            seed, batch_size, decode_workers, unit_items, captions, caption_fallback, skip_invalid, overwrite, task, progress):
+            seed, batch_size, decode_workers, unit_items, captions, file_column, caption_column, caption_fallback, skip_invalid,
+            overwrite, task, progress):
     """Encode images (FLUX) or videos (Wan 2.1, HunyuanVideo) into VAE latent caches by resolution bucket.
 
     INPUT is media files or folders (searched recursively). Captions come from a sidecar .txt per
-    file, or captions.jsonl / metadata.jsonl ({"file_name", "text"}) in the file's folder. The
+    file, captions.jsonl / metadata.jsonl ({"file_name", "text"}) in the file's folder, or a
+    column of a local dataset (--captions, --caption-column). The
     cache is NeMo AutoModel's layout (metadata.json, metadata_shard_NNNN.json, <W>x<H>/ item
     files) plus manifest.json; rerun the same command after a crash to resume.
 
@@ -76,7 +82,7 @@ def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixel
                                  text_encoders=list(text_encoders), preset=None if max_pixels else preset, max_pixels=max_pixels,
                                  frames=frames, device=device, precision=precision, deterministic=deterministic, seed=seed,
                                  batch_size=batch_size, unit_items=unit_items, decode_workers=decode_workers, captions=captions,
-                                 caption_fallback=caption_fallback, skip_invalid=skip_invalid)
+                                 file_column=file_column, caption_column=caption_column, caption_fallback=caption_fallback, skip_invalid=skip_invalid)
     task_id, tasks = plan.parse_task(task)
     progress = sys.stderr.isatty() if progress is None else progress
     job = stage.prepare(config, overwrite, stage.echo)

@@ -62,40 +62,53 @@ def _caption_index(folder: Path, cache: dict) -> dict[str, str]:
     return index
 
 
-def find_captions(files: list[Path], captions_file: str | None = None) -> dict[str, str]:
+def dataset_captions(source: str, file_column: str = "file_name", caption_column: str | None = None) -> dict[str, str]:
+    """file name -> caption from a local dataset: a JSONL (.gz/.zst), Parquet or Arrow file, a
+    folder of them, or a `save_to_disk` folder; `caption_column` defaults to the first of
+    text / caption / prompt that the rows hold. Streamed with prep's own readers."""
+    from prep import sources
+    from prep.errors import BadRecord, Rejects
+
+    index: dict[str, str] = {}
+    columns = [file_column, caption_column] if caption_column else None  # None: every column (to find the caption's)
+    for path in sources.expand_inputs([source]):
+        for start, stop in sources.plan_file(path, 1 << 62):
+            for records, locate in sources.read_unit(str(path), start, stop, columns, Rejects(skip=False), 16 << 20):
+                for j, record in enumerate(records):
+                    column = caption_column or next((k for k in CAPTION_KEYS if isinstance(record.get(k), str)), None)
+                    name, text = record.get(file_column), record.get(column) if column else None
+                    if not isinstance(name, str) or not isinstance(text, str):
+                        wanted = column or " or ".join(CAPTION_KEYS)
+                        raise BadRecord(str(path), locate(j), f"expected strings under {file_column!r} and {wanted!r} "
+                                        "(--file-column / --caption-column name others)")
+                    index.setdefault(str(Path(name)), text)
+    return index
+
+
+def find_captions(files: list[Path], captions: str | None = None, file_column: str = "file_name",
+                  caption_column: str | None = None) -> dict[str, str]:
     """Caption of each file: its sidecar .txt, else a captions.jsonl / metadata.jsonl entry in its
-    folder or an ancestor's (file_name relative to that folder), else --captions FILE's
-    (file_name matched by relative path or by name). Files without one are left out."""
-    explicit: dict[str, str] = {}
-    if captions_file:
-        path = Path(captions_file)
-        cache = {}
-        explicit = _caption_index(path.parent, cache) if path.name in CAPTION_FILES else {}
-        if not explicit:
-            for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                if line.strip():
-                    try:
-                        record = json.loads(line)
-                        explicit[str(Path(record["file_name"]))] = next(record[k] for k in CAPTION_KEYS if isinstance(record.get(k), str))
-                    except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
-                        raise PrepError(f"{path}:{line_no}: expected {{\"file_name\": ..., \"text\": ...}}") from None
+    folder or an ancestor's (file_name relative to that folder), else the `captions` dataset's
+    (--captions: JSONL, Parquet, Arrow or a saved dataset; file name matched by relative path or
+    by name). Files without one are left out."""
+    explicit = dataset_captions(captions, file_column, caption_column) if captions else {}
     cache: dict = {}
-    captions = {}
+    found = {}
     for file in files:
         sidecar = file.with_suffix(".txt")
         if sidecar.exists():
-            captions[str(file)] = sidecar.read_text(encoding="utf-8").strip()
+            found[str(file)] = sidecar.read_text(encoding="utf-8").strip()
             continue
         for folder in [file.parent, *file.parent.parents][:4]:
             text = _caption_index(folder, cache).get(str(file.relative_to(folder)))
             if text is not None:
-                captions[str(file)] = text
+                found[str(file)] = text
                 break
         else:
             text = explicit.get(file.name) or next((v for k, v in explicit.items() if str(file).endswith("/" + k)), None)
             if text is not None:
-                captions[str(file)] = text
-    return captions
+                found[str(file)] = text
+    return found
 
 
 # ----------------------------------------------------------------------------------- images

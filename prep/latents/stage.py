@@ -63,6 +63,8 @@ class LatentsConfig:
     unit_items: int | None = None
     decode_workers: int | None = None
     captions: str | None = None
+    file_column: str = "file_name"
+    caption_column: str | None = None
     caption_fallback: str = "none"  # none | filename (AutoModel's: the file stem, _ as spaces)
     skip_invalid: bool = False
 
@@ -147,7 +149,7 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     config.output = str(out)
 
     files = media.list_media(config.inputs, family.video)
-    captions = media.find_captions(files, config.captions)
+    captions = media.find_captions(files, config.captions, config.file_column, config.caption_column)
     items = []
     for path in files:
         caption = captions.get(str(path))
