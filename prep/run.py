@@ -73,7 +73,8 @@ def run_unit(unit: Unit) -> dict:
         for writer in writers.values():
             writer.abort()
         raise
-    record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "backend": encoder.backend, "records": records_in,
+    record = {"unit": asdict(unit), "fingerprint": s["fingerprint"], "parts": megatron.PARTS_FORMAT,
+              "backend": encoder.backend, "records": records_in,
               "bytes": unit.stop - unit.start, "keys": counts, "skipped": rejects.counts, "examples": rejects.examples, **overlong}
     write_json_atomic(done_path(workdir, unit), record)
     return record
@@ -266,7 +267,7 @@ def run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, m
 
 def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, merger) -> dict:
     workdir = Path(job["workdir"])
-    pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
+    pending = [u for u in units if load_done(workdir, u, job["fingerprint"], megatron.PARTS_FORMAT) is None]
     totals = {"units": len(pending), "skipped_units": len(units) - len(pending), "bytes": 0, "records": 0, "tokens": 0}
     if merger is not None:
         merger.restart({u.index for u in units} - {u.index for u in pending})
@@ -293,10 +294,10 @@ def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, 
         log(f"warning: {exc}; falling back to HF tokenizers (slow)")
         note = f"HF tokenizers (slow; {exc})"
         for unit in plan_units:  # nothing the untrusted backend wrote is kept
-            record = load_done(workdir, unit, job["fingerprint"])
+            record = load_done(workdir, unit, job["fingerprint"], megatron.PARTS_FORMAT)
             if record and record.get("backend") == "fastokens":
                 done_path(workdir, unit).unlink()
-        pending = [u for u in units if load_done(workdir, u, job["fingerprint"]) is None]
+        pending = [u for u in units if load_done(workdir, u, job["fingerprint"], megatron.PARTS_FORMAT) is None]
         totals.update(units=len(pending), skipped_units=len(units) - len(pending), bytes=0, records=0, tokens=0)
         encoder = Encoder(tokenizer_json, "hf", job["split_special_tokens"])
         if merger is not None:  # what it merged came from the untrusted backend too
@@ -359,7 +360,7 @@ def all_done(job: dict) -> tuple[list[dict], list[Unit]]:
     units = units_of(json.loads((workdir / "plan.json").read_text()))
     records, missing = [], []
     for unit in units:
-        record = load_done(workdir, unit, job["fingerprint"])
+        record = load_done(workdir, unit, job["fingerprint"], megatron.PARTS_FORMAT)
         (records.append(record) if record else missing.append(unit))
     return records, missing
 

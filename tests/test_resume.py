@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,22 @@ def test_resume_refuses_when_inputs_changed(tmp_path, corpus):
     refused = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", check=False)
     assert refused.returncode == 2
     assert "inputs changed" in refused.stderr
+
+
+def test_units_an_older_prep_left_are_redone(tmp_path, corpus):
+    """Done-records of an older part format (no "parts" field, .len.npy/.doc.npy files) are not
+    trusted on resume: those units run again and the output is the same."""
+    args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
+    prep(*args, "-o", tmp_path / "clean")
+    out = tmp_path / "out"
+    prep(*args, "-o", out, check=False, env={"PREP_TEST_CRASH_IN_FINALIZE": "1"})
+    records = sorted((out / ".prep" / "done").glob("*.json"))
+    assert len(records) > 2
+    for path in records[::2]:  # as the previous format wrote them
+        record = json.loads(path.read_text())
+        del record["parts"]
+        path.write_text(json.dumps(record))
+        stem = out / ".prep" / "parts" / f"{path.stem}.text"
+        Path(f"{stem}.seq.npy").rename(f"{stem}.len.npy")
+    prep(*args, "-o", out)  # finalize could not read those parts (.seq.npy is gone): they were redone
+    assert read_bytes(out) == read_bytes(tmp_path / "clean")

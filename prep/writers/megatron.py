@@ -1,7 +1,7 @@
 """Megatron indexed datasets: per-unit parts, merged in unit order into `.bin`/`.idx` shards.
 
-A part is three files per key: the tokens (`.bin`, final dtype), the sequence lengths
-(`.len.npy`, int32) and the sequences per document (`.doc.npy`, int32). Finalize never
+A part is two files per key: the tokens (`.bin`, final dtype), and the sequence lengths then
+the sequences per document (`.seq.npy`, two int32 arrays one after the other). Finalize never
 re-tokenizes: it concatenates token bytes and builds each index with numpy.
 """
 
@@ -14,9 +14,10 @@ import numpy as np
 import xxhash
 
 from loaders.formats import indexed
-from prep.plan import Unit, fsync_dir
+from prep.plan import Unit, fsync_dir, start_writeback
 
 COPY_BLOCK = 16 << 20
+PARTS_FORMAT = 2  # 1: .len.npy + .doc.npy; 2: .seq.npy
 
 
 def dataset_name(key: str) -> str:
@@ -39,6 +40,8 @@ class PartWriter:
     def write(self, tokens: np.ndarray, sequence_lengths: np.ndarray, document_sequences: np.ndarray) -> None:
         data = memoryview(np.ascontiguousarray(tokens, self.dtype.newbyteorder("<"))).cast("B")
         self.file.write(data)
+        self.file.flush()
+        start_writeback(self.file.fileno(), self.tokens * self.dtype.itemsize, len(data))
         self.tokens += len(tokens)
         self.lengths.append(sequence_lengths)
         self.documents.append(document_sequences)
@@ -50,13 +53,13 @@ class PartWriter:
         self.file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
         documents = np.concatenate(self.documents) if self.documents else np.zeros(0, np.int32)
-        for suffix, array in ((".len.npy", lengths), (".doc.npy", documents)):
-            tmp = Path(f"{self.stem}{suffix}.tmp.{os.getpid()}")
-            with open(tmp, "wb") as f:
-                np.save(f, array)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, f"{self.stem}{suffix}")
+        tmp = Path(f"{self.stem}.seq.npy.tmp.{os.getpid()}")
+        with open(tmp, "wb") as f:  # one file, one fsync: the lengths, then the documents
+            np.save(f, lengths)
+            np.save(f, documents)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, f"{self.stem}.seq.npy")
         os.replace(self.tmp, f"{self.stem}.bin")
         return {"documents": len(documents), "sequences": len(lengths), "tokens": self.tokens,
                 "empty_documents": int((documents == 0).sum())}
@@ -92,10 +95,13 @@ class StreamingMerge:
         while self.next < len(self.units) and self.units[self.next].index in self.done:
             unit = self.units[self.next]
             for key in self.keys:
+                out = self.files[key]
                 with open(self.parts / f"{unit.id}.{key}.bin", "rb") as f:
                     while block := f.read(COPY_BLOCK):
-                        self.files[key].write(block)
+                        out.write(block)
                         self.hashers[key].update(block)
+                out.flush()
+                start_writeback(out.fileno(), 0, out.tell())  # so that finish's fsync waits for little
             self.next += 1
 
     def finish(self) -> dict | None:
@@ -167,9 +173,15 @@ def _write_atomic(path: Path, write) -> tuple[int, str]:
     return size, hasher.hexdigest()
 
 
+def read_part(stem) -> tuple[np.ndarray, np.ndarray]:
+    """(sequence lengths, sequences per document) of the part `stem` (a unit's part of a key)."""
+    with open(f"{stem}.seq.npy", "rb") as f:
+        return np.load(f), np.load(f)
+
+
 def part_lengths(workdir: Path, units: list[Unit], key: str) -> np.ndarray:
     """Sequence lengths of every unit's part of `key`, in unit order."""
-    return np.concatenate([np.load(workdir / "parts" / f"{u.id}.{key}.len.npy") for u in units] or [np.zeros(0, np.int32)])
+    return np.concatenate([read_part(workdir / "parts" / f"{u.id}.{key}")[0] for u in units] or [np.zeros(0, np.int32)])
 
 
 def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
@@ -181,8 +193,8 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
     dtype = np.dtype(dtype)
     parts = workdir / "parts"
     stems = [parts / f"{u.id}.{key}" for u in units]
-    lengths = [np.load(f"{s}.len.npy") for s in stems]
-    documents = np.concatenate([np.load(f"{s}.doc.npy") for s in stems] or [np.zeros(0, np.int32)])
+    lengths, documents = zip(*map(read_part, stems)) if stems else ((), ())
+    documents = np.concatenate(documents or [np.zeros(0, np.int32)])
     part_tokens = np.array([int(a.sum(dtype=np.int64)) for a in lengths], np.int64)
     sequence_lengths = np.concatenate(lengths or [np.zeros(0, np.int32)])
     document_index = np.zeros(len(documents) + 1, np.int64)

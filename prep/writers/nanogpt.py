@@ -12,7 +12,7 @@ import numpy as np
 
 from loaders.formats import nanogpt
 from prep.plan import Unit, fsync_dir
-from prep.writers.megatron import _copy_tokens, _write_atomic, length_histogram
+from prep.writers.megatron import _copy_tokens, _write_atomic, length_histogram, read_part
 
 
 def shard_name(key: str, number: int) -> str:
@@ -24,10 +24,10 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
     """Write the shards of `key`; returns the manifest entry for this dataset."""
     dtype = np.dtype(dtype)
     stems = [workdir / "parts" / f"{u.id}.{key}" for u in units]
-    per_part = [np.load(f"{s}.len.npy") for s in stems]
-    part_tokens = np.array([a.sum(dtype=np.int64) for a in per_part], np.int64)
-    lengths = np.concatenate(per_part or [np.zeros(0, np.int32)])
-    documents = sum(len(np.load(f"{s}.doc.npy", mmap_mode="r")) for s in stems)
+    parts = [read_part(s) for s in stems]
+    part_tokens = np.array([lengths.sum(dtype=np.int64) for lengths, _ in parts], np.int64)
+    lengths = np.concatenate([lengths for lengths, _ in parts] or [np.zeros(0, np.int32)])
+    documents = sum(len(documents) for _, documents in parts)
     total = int(part_tokens.sum())
     size = min(shard_tokens or 100_000_000, nanogpt.MAX_TOKENS)
     shards = []
