@@ -218,3 +218,59 @@ def test_template_environment_renders_as_transformers_does():
         kwargs = dict(messages=[{"role": "system", "content": "s"}, *messages[2:]], tools=tools, add_generation_prompt=True,
                       bos_token="<s>", eos_token="</s>", documents=None)
         assert compile_template(template).render(**kwargs) == _compile_jinja_template(template).render(**kwargs), name
+
+
+REASONING_TEMPLATE = (  # Qwen3-style: an assistant turn's reasoning in a think block before its answer
+    "{% for message in messages %}{% if message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if message.reasoning_content %}<think>\n{{ message.reasoning_content }}\n</think>\n\n{% endif %}"
+    "{{ message.content }}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.mark.parametrize("trim", [False, True], ids=["marked-render", "prefix-renders"])
+@pytest.mark.parametrize("mask_reasoning", [False, True], ids=["reasoning-trained", "mask-reasoning"])
+def test_reasoning_is_trained_or_masked(tmp_path, mask_reasoning, trim):
+    """reasoning_content (and its aliases) rendered by the template: trained with the answer from
+    the end of the generation prompt (the think tags are the model's output too), or with
+    --mask-reasoning only the answer and the end-of-turn token are. A template that trims the
+    content (so marked renders don't round-trip) takes the prefix-render path: same masks."""
+    reasoning_template = REASONING_TEMPLATE.replace("{{ message.content }}<|im_end|>", "{{ message.content | trim }}<|im_end|>") \
+        if trim else REASONING_TEMPLATE
+    convs = conversations(12)
+    for i, conv in enumerate(convs):
+        for k, message in enumerate(m for m in conv["messages"] if m["role"] == "assistant"):
+            if (i + k) % 2 == 0:
+                message["reasoning_content" if i % 3 else "reasoning"] = f"Let me think {i} {k}: " + LINES[i + k + 40].strip()
+            if trim:
+                message["content"] += "  \n"  # trimmed by the template: marked renders don't round-trip
+    corpus = write_jsonl(tmp_path / "chat.jsonl", convs)
+    template = tmp_path / "t.jinja"
+    template.write_text(reasoning_template)
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", "chat", "--tokenizer", TEMPLATES["smollm2"],
+         "--chat-template", template, *(["--mask-reasoning"] if mask_reasoning else []))
+    tok = AutoTokenizer.from_pretrained(str(TEMPLATES["smollm2"]))
+    tok.chat_template = reasoning_template
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    reasoned = 0
+    for (ids, mask), conv in zip(_read(tmp_path / "out"), convs):
+        text = tok.apply_chat_template(conv["messages"], tokenize=False)
+        assert ids == tok(text, add_special_tokens=False)["input_ids"]
+        expected = _independent_mask(tok, conv["messages"], ids, eot)
+        if mask_reasoning:  # untrained: every token ending at or before the answer's first character
+            offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+            at = 0
+            for message in conv["messages"]:
+                if message["role"] != "assistant":
+                    continue
+                reasoning = message.get("reasoning_content") or message.get("reasoning")
+                at = text.index(f"<|im_start|>assistant\n", at) + len("<|im_start|>assistant\n")
+                if reasoning:
+                    answer = text.index("</think>\n\n", at) + len("</think>\n\n")
+                    for t, (a, b) in enumerate(offsets):
+                        if at <= a and b <= answer:
+                            expected[t] = 0
+                    reasoned += 1
+        assert mask == expected
+    assert reasoned or not mask_reasoning

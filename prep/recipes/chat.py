@@ -21,6 +21,7 @@ from prep.recipes.jinja import compile_template
 OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
 MARKERS = re.compile(f"[{OPEN}{CLOSE}{R_OPEN}{R_CLOSE}]")
 GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "tool": "tool", "function_call": "assistant", "observation": "tool"}
@@ -55,9 +56,12 @@ def normalize(record: dict) -> tuple[list[dict], list | None]:
             raise BadConversation(f"messages[{i}]: tool message without tool_call_id")
         if message.get("tool_calls"):
             message["tool_calls"] = [_tool_call(call, i) for call in message["tool_calls"]]
-        reasoning = message.get("reasoning_content")
-        if reasoning is not None and not isinstance(reasoning, str):
-            raise BadConversation(f"messages[{i}]: reasoning_content is not a string")
+        for key in REASONING_KEYS:  # transformers' aliases: the first present is the reasoning
+            reasoning = message.get(key)
+            if reasoning is not None and not isinstance(reasoning, str):
+                raise BadConversation(f"messages[{i}]: {key} is not a string")
+            if reasoning is not None and message.get("reasoning_content") is None:
+                message["reasoning_content"] = reasoning
         out.append(message)
     if out[-1]["role"] != "assistant":
         raise BadConversation("the conversation ends without an assistant turn")
@@ -188,8 +192,9 @@ class ChatTemplate:
             if not message.get("content"):
                 return None  # tool-call-only turns: nothing to mark
             marked[i] = {**message, "content": OPEN + message["content"] + CLOSE}
-            if message.get("reasoning_content"):
-                marked[i]["reasoning_content"] = R_OPEN + message["reasoning_content"] + R_CLOSE
+            for key in REASONING_KEYS:  # under whichever name the template reads it
+                if message.get(key):
+                    marked[i][key] = R_OPEN + message[key] + R_CLOSE
         return marked
 
     def _marks_round_trip(self, messages: list[dict]) -> bool:
@@ -225,10 +230,18 @@ class ChatTemplate:
         for k, (start, end) in enumerate(zip(positions[OPEN], positions[CLOSE])):
             if reasoning[k]:
                 r_start = next(r_starts)
-                start = start if self.mask_reasoning else min(start, r_start)
+                if not self.mask_reasoning:  # the turn's output: from the end of the generation prompt
+                    start = self._output_start(messages, tools, text, assistants[k], min(start, r_start))
             limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
             spans.append((start, self._end(text, end, limit)))
         return text, spans
+
+    def _output_start(self, messages, tools, text: str, i: int, start: int) -> int:
+        """Where assistant turn i's output begins: after the turns before it and the generation
+        prompt, so that what the template writes around reasoning (think tags) is trained too;
+        `start` when that render is not a prefix of `text` ending before it."""
+        prompt = self.render(messages[:i], tools, generation_prompt=True)
+        return len(prompt) if len(prompt) <= start and text.startswith(prompt) else start
 
     def _prefix_spans(self, messages, tools, text, assistants):
         spans = []
@@ -249,7 +262,10 @@ class ChatTemplate:
         at = text.find(reasoning, span[0], span[1])
         if at < 0:
             return span  # the template does not render reasoning: nothing to mask
-        return (at + len(reasoning), span[1])
+        # trained from the answer on: what closes the reasoning (think tags) is masked with it
+        content = (message.get("content") or "").strip()  # as templates that trim it render it
+        answer = text.find(content, at + len(reasoning), span[1]) if content else -1
+        return (answer if answer >= 0 else at + len(reasoning), span[1])
 
 
 # Conversations that expose templates which change assistant content: whitespace, think tags, reasoning.
