@@ -168,7 +168,7 @@ class SharedBatches:
                 for name, offset, size, shape, _, torch_dtype in self.layout}
 
     def __iter__(self):
-        if not self.num_workers:
+        if not self.num_workers or not self.count:
             raw, views = self._views(bytearray(self.slot_bytes))
             for k in range(self.count):
                 self.fill(k, views[0])
