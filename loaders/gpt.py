@@ -357,10 +357,19 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
 
+def _cache_paths(stem: Path, names: tuple[str, ...]) -> list[Path]:
+    return [stem.with_name(f"{stem.name}-{name}.npy") for name in names]
+
+
+def _must_build(stem: Path, names: tuple[str, ...]) -> bool:
+    """Whether this process will build these cached arrays (rank 0, and they are missing)."""
+    return _rank() == 0 and not all(p.exists() for p in _cache_paths(stem, names))
+
+
 def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
     """Arrays in `<stem>-<name>.npy`, memory-mapped. Missing ones are built and saved (write, then
     rename); under torch.distributed only rank 0 builds and the other ranks wait for its files."""
-    paths = [stem.with_name(f"{stem.name}-{name}.npy") for name in names]
+    paths = _cache_paths(stem, names)
     if not all(p.exists() for p in paths):
         if _rank() == 0:
             stem.parent.mkdir(parents=True, exist_ok=True)
@@ -403,15 +412,21 @@ class _Source:
                             "seq_length": options.seq_length, "documents": [int(documents[0]), int(documents[-1]) + 1],
                             "num_samples": num_samples, "drop_last": drop_last, "extra": self.extra})
         self.stem = Path(cache_dir or Path(shard.prefix).parent / "cache") / f"gpt-{self.key}"
-        self._open(lambda: gpt_indices(self.data.sequence_lengths, documents, num_samples, options.seq_length,
-                                       options.seed, drop_last, self.extra))
+        self._indices = lambda: gpt_indices(self.data.sequence_lengths, documents, num_samples, options.seq_length,
+                                            options.seed, drop_last, self.extra)
+
+    def build(self) -> _Source:
+        """Load the indices from the cache, or build and cache them (rank 0)."""
+        self._open(self._indices)
+        self._indices = None
+        return self
 
     def _open(self, build=None):
         self.tokens = np.asarray(self.data.tokens)  # a plain view: np.memmap slices slowly
         self.document_index, self.sample_index, self.shuffle_index = _cached(self.stem, self.NAMES, build)
 
     def __getstate__(self):  # worker processes reopen the memory maps instead of copying them
-        return {k: v for k, v in self.__dict__.items() if k not in ("data", "tokens", *self.NAMES)}
+        return {k: v for k, v in self.__dict__.items() if k not in ("data", "tokens", "_indices", *self.NAMES)}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -483,7 +498,7 @@ class GPTDataset(torch.utils.data.Dataset):
         self._fixed = self._blend_stem = self.dataset_index = self.dataset_sample_index = None
         self.consumed_samples = self.epoch = 0  # the dataloader's position: see state_dict
         if len(shards) == 1 and weights is None:
-            self.sources = [source(shards[0], size)]
+            self.sources = [source(shards[0], size).build()]
             self.key = self.sources[0].key
         else:
             self._blend(shards, weights, size, source, cache_dir)
@@ -495,20 +510,34 @@ class GPTDataset(torch.utils.data.Dataset):
             if size is None:
                 raise ValueError("blend weights need num_samples (Megatron: 'Using client-specified weights requires client-specified size')")
             weights = normalize(weights)
-            self.sources = _in_threads(source, zip(shards, blend_sizes(weights, size, o.mid_level_dataset_surplus)))
+            self.sources = [source(s, n) for s, n in zip(shards, blend_sizes(weights, size, o.mid_level_dataset_surplus))]
             size, weights = sum(blend_sizes(weights, size)), normalize(weights)
-        else:
-            self.sources = _in_threads(source, [(s, None) for s in shards])
-            lengths = [len(s) for s in self.sources]
-            size, weights = (None, lengths) if size is None else (min(size, sum(lengths)), normalize(lengths))
-        self.key = _digest({"indices": "blend/1", "sources": [s.key for s in self.sources],
-                            "weights": weights, "size": size})
-        self._blend_stem = Path(cache_dir or Path(shards[0].prefix).parent / "cache") / f"blend-{self.key}"
+            self._blend_key(weights, size, cache_dir)
+            # The blend needs only weights and size: built beside the datasets' indices, when not cached.
+            with ThreadPoolExecutor(1) as pool:
+                ahead = pool.submit(blending_indices, weights, size) if _must_build(self._blend_stem, self.BLEND) else None
+                _in_threads(_Source.build, [(s,) for s in self.sources])
+                self._open(lambda: self._build_blend(weights, size, ahead))
+            return
+        self.sources = _in_threads(_Source.build, [(source(s, None),) for s in shards])
+        lengths = [len(s) for s in self.sources]
+        size, weights = (None, lengths) if size is None else (min(size, sum(lengths)), normalize(lengths))
+        self._blend_key(weights, size, cache_dir)
         self._open(lambda: self._build_blend(weights, size))
 
-    def _build_blend(self, weights, size):
+    BLEND = ("dataset_index", "dataset_sample_index")
+
+    def _blend_key(self, weights, size, cache_dir) -> None:
+        self.key = _digest({"indices": "blend/1", "sources": [s.key for s in self.sources],
+                            "weights": weights, "size": size})
+        self._blend_stem = Path(cache_dir or Path(self.sources[0].prefix).parent / "cache") / f"blend-{self.key}"
+
+    def _build_blend(self, weights, size, ahead=None):
         """BlendedDataset._build_indices: the blend, and its check that no dataset is oversampled."""
-        index, sample = blending_indices(weights, size) if size is not None else exhaustive_blending_indices(weights)
+        if ahead is not None:
+            index, sample = ahead.result()
+        else:
+            index, sample = blending_indices(weights, size) if size is not None else exhaustive_blending_indices(weights)
         counts = np.bincount(index, minlength=len(self.sources))
         for d, (count, src) in enumerate(zip(counts, self.sources)):
             if count > len(src):
@@ -517,8 +546,7 @@ class GPTDataset(torch.utils.data.Dataset):
         return index, sample
 
     def _open(self, build=None):
-        self.dataset_index, self.dataset_sample_index = _cached(
-            self._blend_stem, ("dataset_index", "dataset_sample_index"), build)
+        self.dataset_index, self.dataset_sample_index = _cached(self._blend_stem, self.BLEND, build)
         self._dataset_ids = [torch.tensor(d, dtype=torch.int16) for d in range(len(self.sources))]
 
     def __getstate__(self):
