@@ -47,15 +47,20 @@ def test_a_failing_worker_raises_with_its_traceback():
 
 
 def test_stopping_early_ends_the_workers():
+    before = _children()  # other tests' helpers (multiprocessing's resource tracker...) may live on
     batches = iter(SharedBatches(fill, 10_000, SHAPES, 2))
     next(batches)
-    children = {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == os.getpid()}
-    assert len(children) >= 2
+    children = _children() - before
+    assert len(children) == 2
     batches.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in children):
         time.sleep(0.05)
     assert not any(_alive(p) for p in children)
+
+
+def _children() -> set[int]:
+    return {int(p) for p in os.listdir("/proc") if p.isdigit() and _parent(int(p)) == os.getpid() and _alive(int(p))}
 
 
 def _parent(pid: int) -> int | None:
