@@ -701,8 +701,10 @@ class GPTDataset(torch.utils.data.Dataset):
     # Loading and resuming ---------------------------------------------------------------------
 
     def dataloader(self, batch_size: int, rank: int | None = None, world_size: int | None = None,
-                   device: str | torch.device = "cpu", num_workers: int = 2, prefetch_factor: int = 4) -> Loader:
-        """This rank's batches from the dataset's position; see `Loader`."""
+                   device: str | torch.device = "cpu", num_workers: int = 2, prefetch_factor: int | None = None) -> Loader:
+        """This rank's batches from the dataset's position; see `Loader`. `num_workers` processes
+        (0: in this one) each run up to `prefetch_factor` batches ahead (default: up to 16, within
+        64 MB of shared memory)."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         rank = rank if rank is not None else (torch.distributed.get_rank() if distributed else 0)
         world_size = world_size if world_size is not None else (torch.distributed.get_world_size() if distributed else 1)
@@ -718,6 +720,13 @@ class GPTDataset(torch.utils.data.Dataset):
         self.consumed_samples, self.epoch = state["consumed_samples"], state["epoch"]
 
 
+def _depth(shapes: dict, workers: int, budget: int = 64 << 20) -> int:
+    """Batches each worker may run ahead: up to 16 (more slots, fewer wake-ups: freed slots are
+    announced a few at a time), within `budget` bytes of shared memory, at least 2."""
+    batch = sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in shapes.values())
+    return int(max(2, min(16, budget // max(1, batch * max(1, workers)))))
+
+
 class Loader:
     """Batches of one rank, as Megatron's `MegatronPretrainingSampler` lays them out: global batch
     g is samples [g * B * W, (g + 1) * B * W) of the dataset, rank r takes the r-th run of B; the
@@ -727,7 +736,7 @@ class Loader:
     dataset's `consumed_samples`, so `dataset.state_dict()` resumes exactly after it."""
 
     def __init__(self, dataset: GPTDataset, batch_size: int, rank: int, world_size: int,
-                 device: torch.device, num_workers: int, prefetch_factor: int):
+                 device: torch.device, num_workers: int, prefetch_factor: int | None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} of world size {world_size}")
         self.dataset, self.batch_size, self.rank, self.world_size = dataset, batch_size, rank, world_size
@@ -758,7 +767,9 @@ class Loader:
 
         # Workers write each batch into a slot of shared memory; here it is copied once (to the
         # device) and finished there.
-        batches = SharedBatches(fill, count, ds.batch_shapes(self.batch_size), self.num_workers, self.prefetch_factor)
+        shapes = ds.batch_shapes(self.batch_size)
+        depth = self.prefetch_factor or _depth(shapes, self.num_workers)
+        batches = SharedBatches(fill, count, shapes, self.num_workers, depth)
         ahead = deque()
         for step, (slot, arrays) in enumerate(batches, 1):
             ahead.append((start + step * self.global_batch, ds.finish(arrays if self.device.type == "cpu" else {
