@@ -550,7 +550,7 @@ class GPTDataset(torch.utils.data.Dataset):
         self._dataset_ids = [torch.tensor(d, dtype=torch.int16) for d in range(len(self.sources))]
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed", "_shared_by_device", "_scratch")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("dataset_index", "dataset_sample_index", "_fixed", "_shared_by_device")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -618,24 +618,6 @@ class GPTDataset(torch.utils.data.Dataset):
         o = self.options
         return o.reset_position_ids or o.reset_attention_mask or o.eod_mask_loss
 
-    def fill(self, indices, text: np.ndarray, dataset_id: np.ndarray | None = None, padded: np.ndarray | None = None) -> None:
-        """Write the token windows of samples `indices` into the rows of `text` (int64,
-        (len(indices), seq_length + extra)), their dataset ids when blended, and whether each
-        window holds pad_id."""
-        if not self.blended:
-            for r, i in enumerate(indices):
-                flag = self.sources[0].fill(int(i), text[r])
-                if padded is not None:
-                    padded[r] = flag
-            return
-        at = np.asarray(indices, np.int64)
-        ids = self.dataset_index[at]
-        for r, (d, i) in enumerate(zip(ids.tolist(), self.dataset_sample_index[at].tolist())):
-            flag = self.sources[d].fill(i, text[r])
-            if padded is not None:
-                padded[r] = flag
-        dataset_id[:] = ids
-
     def batch_shapes(self, batch_size: int) -> dict:
         """{name: (shape, numpy dtype)} of the arrays `fill_batch` writes for one batch."""
         shapes = {"text": ((batch_size, self.sources[0].length), np.int64), "padded": ((batch_size,), bool)}
@@ -644,9 +626,18 @@ class GPTDataset(torch.utils.data.Dataset):
         return shapes
 
     def fill_batch(self, indices, arrays: dict[str, np.ndarray]) -> None:
-        """Write the token windows of samples `indices` into `arrays` (of `batch_shapes`): a
-        loader worker's part. `finish` makes the batch from them."""
-        self.fill(indices, arrays["text"], arrays.get("dataset_id"), arrays["padded"])
+        """Write the token windows of samples `indices` into `arrays` (of `batch_shapes`), whether
+        each holds pad_id, and their dataset ids when blended: a loader worker's part. `finish`
+        makes the batch from them."""
+        at = np.asarray(indices, np.int64)
+        if self.blended:
+            datasets, samples = self.dataset_index[at], self.dataset_sample_index[at]
+            arrays["dataset_id"][:] = datasets
+        else:
+            datasets, samples = np.zeros(len(at), np.int64), at
+        text, padded = arrays["text"], arrays["padded"]
+        for r, (d, i) in enumerate(zip(datasets.tolist(), samples.tolist())):
+            padded[r] = self.sources[d].fill(i, text[r])
 
     def finish(self, arrays: dict) -> dict[str, torch.Tensor]:
         """The batch of `fill_batch`'s arrays, equal to `default_collate([self[i] for i in

@@ -96,12 +96,13 @@ class StreamingMerge:
             unit = self.units[self.next]
             for key in self.keys:
                 out = self.files[key]
+                begin = out.tell()
                 with open(self.parts / f"{unit.id}.{key}.bin", "rb") as f:
                     while block := f.read(COPY_BLOCK):
                         out.write(block)
                         self.hashers[key].update(block)
                 out.flush()
-                start_writeback(out.fileno(), 0, out.tell())  # so that finish's fsync waits for little
+                start_writeback(out.fileno(), begin, out.tell() - begin)  # so that finish's fsync waits for little
             self.next += 1
 
     def finish(self) -> dict | None:
