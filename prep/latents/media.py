@@ -6,7 +6,6 @@ reason (never raised, never dropped), so the stage can stop or count it.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -42,24 +41,14 @@ def list_media(inputs: list[str], video: bool) -> list[Path]:
 
 def _caption_index(folder: Path, cache: dict) -> dict[str, str]:
     """file_name -> text from the folder's captions.jsonl / metadata.jsonl (HF imagefolder style)."""
-    if folder in cache:
-        return cache[folder]
-    index: dict[str, str] = {}
-    for name in CAPTION_FILES:
-        path = folder / name
-        if not path.exists():
-            continue
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                key = next(k for k in CAPTION_KEYS if isinstance(record.get(k), str))
-                index.setdefault(str(Path(record["file_name"])), record[key])
-            except (json.JSONDecodeError, KeyError, StopIteration, TypeError):
-                raise PrepError(f"{path}:{line_no}: expected {{\"file_name\": ..., \"text\": ...}}") from None
-    cache[folder] = index
-    return index
+    if folder not in cache:
+        index: dict[str, str] = {}
+        for name in CAPTION_FILES:
+            if (folder / name).exists():
+                for file, text in dataset_captions(str(folder / name)).items():
+                    index.setdefault(file, text)
+        cache[folder] = index
+    return cache[folder]
 
 
 def dataset_captions(source: str, file_column: str = "file_name", caption_column: str | None = None) -> dict[str, str]:
@@ -79,8 +68,7 @@ def dataset_captions(source: str, file_column: str = "file_name", caption_column
                     name, text = record.get(file_column), record.get(column) if column else None
                     if not isinstance(name, str) or not isinstance(text, str):
                         wanted = column or " or ".join(CAPTION_KEYS)
-                        raise BadRecord(str(path), locate(j), f"expected strings under {file_column!r} and {wanted!r} "
-                                        "(--file-column / --caption-column name others)")
+                        raise BadRecord(str(path), locate(j), f"expected strings under {file_column!r} and {wanted!r}")
                     index.setdefault(str(Path(name)), text)
     return index
 
