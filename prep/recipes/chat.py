@@ -19,7 +19,6 @@ import orjson
 from prep.recipes.jinja import compile_template
 
 OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-MARKERS = re.compile(f"[{OPEN}{CLOSE}{R_OPEN}{R_CLOSE}]")
 GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -198,7 +197,7 @@ class ChatTemplate:
         return marked
 
     def _marks_round_trip(self, messages: list[dict]) -> bool:
-        return MARKERS.sub("", self.render(self._marked(messages), None)) == self.render(messages, None)
+        return _strip_markers(self.render(self._marked(messages), None))[0] == self.render(messages, None)
 
     def _marked_spans(self, messages, tools, assistants):
         """(text, spans) from one render with marked assistant content, or (None, None) when the
@@ -206,15 +205,7 @@ class ChatTemplate:
         marked = self._marked(messages)
         if marked is None:
             return None, None
-        rendered = self.render(marked, tools)
-        found, text = [], rendered  # (position, marker): str.find and str.replace beat a regex here
-        for marker in (OPEN, CLOSE, R_OPEN, R_CLOSE):
-            at = rendered.find(marker)
-            if at >= 0:
-                text = text.replace(marker, "")
-            while at >= 0:
-                found.append((at, marker))
-                at = rendered.find(marker, at + 1)
+        text, found = _strip_markers(self.render(marked, tools))
         if not self.faithful and text != self.render(messages, tools):
             return None, None
         positions = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}
@@ -276,6 +267,20 @@ _PROBES = [
     [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>t</think>a", "reasoning_content": " r "},
      {"role": "user", "content": "v"}, {"role": "assistant", "content": "x</think> y", "reasoning_content": "q"}],
 ]
+
+
+def _strip_markers(rendered: str) -> tuple[str, list[tuple[int, str]]]:
+    """(the text without markers, (position, marker) of each in `rendered`): str.find and
+    str.replace are several times faster than a regex here."""
+    found, text = [], rendered
+    for marker in (OPEN, CLOSE, R_OPEN, R_CLOSE):
+        at = rendered.find(marker)
+        if at >= 0:
+            text = text.replace(marker, "")
+        while at >= 0:
+            found.append((at, marker))
+            at = rendered.find(marker, at + 1)
+    return text, found
 
 
 def _alias_reasoning(messages: list[dict]) -> list[dict]:
