@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -366,6 +367,12 @@ def _must_build(stem: Path, names: tuple[str, ...]) -> bool:
     return _rank() == 0 and not all(p.exists() for p in _cache_paths(stem, names))
 
 
+# np.load reads a .npy header with ast.literal_eval, and CPython 3.11's parser is not safe to run
+# in two threads at once ("SystemError: AST constructor recursion depth mismatch"): the sources
+# of a blend open their caches in threads (`_in_threads`).
+_NPY_HEADERS = threading.Lock()
+
+
 def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
     """Arrays in `<stem>-<name>.npy`, memory-mapped. Missing ones are built and saved (write, then
     rename); under torch.distributed only rank 0 builds and the other ranks wait for its files."""
@@ -387,7 +394,8 @@ def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
                     raise TimeoutError(f"{paths[0]}: rank 0 wrote no index cache in {CACHE_WAIT_S}s; "
                                        "every rank must build the same datasets, with a shared cache folder")
                 time.sleep(0.2)
-    return [np.asarray(np.load(p, mmap_mode="r")) for p in paths]  # plain arrays: np.memmap indexes slowly
+    with _NPY_HEADERS:
+        return [np.asarray(np.load(p, mmap_mode="r")) for p in paths]  # plain arrays: np.memmap indexes slowly
 
 
 # Datasets -----------------------------------------------------------------------------------
@@ -439,9 +447,12 @@ class _Source:
     def text(self, i: int) -> np.ndarray:
         """The seq_length + extra tokens of sample i, padded with pad_id where the data runs out
         (Megatron's `GPTDataset._query_document_sample_shuffle_indices`)."""
+        return self.padded_text(i)[0]
+
+    def padded_text(self, i: int) -> tuple[np.ndarray, bool]:
+        """(`text(i)`, whether it holds pad_id)."""
         row = np.empty(self.length, np.int64)
-        self.fill(i, row)
-        return row
+        return row, self.fill(i, row)
 
     def fill(self, i: int, row: np.ndarray) -> bool:
         """Write `text(i)` into `row`; True if it holds pad_id (Megatron's test for padding).
@@ -579,13 +590,15 @@ class GPTDataset(torch.utils.data.Dataset):
         """Megatron's `GPTDataset.__getitem__` (and `BlendedDataset.__getitem__` when blended)."""
         if self.blended:
             d = int(self.dataset_index[i])
-            sample = self._sample(self.sources[d].text(int(self.dataset_sample_index[i])))
+            sample = self._sample(*self.sources[d].padded_text(int(self.dataset_sample_index[i])))
             return {"dataset_id": self._dataset_ids[d], **sample}
-        return self._sample(self.sources[0].text(i))
+        return self._sample(*self.sources[0].padded_text(i))
 
-    def _sample(self, text: np.ndarray) -> dict[str, torch.Tensor]:
+    def _sample(self, text: np.ndarray, padded: bool | None = None) -> dict[str, torch.Tensor]:
         o, pad = self.options, self.pad_id
-        padded = not o.add_extra_token_to_sequence or (text == pad).any()
+        if padded is None:
+            padded = bool((text == pad).any())
+        padded = padded or not o.add_extra_token_to_sequence
         text = torch.from_numpy(text)
         if o.add_extra_token_to_sequence:
             tokens, labels = text[:-1], text[1:]  # views of one buffer, as in Megatron

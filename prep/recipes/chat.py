@@ -16,8 +16,6 @@ import re
 
 import orjson
 
-from prep.recipes.jinja import compile_template
-
 OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
 GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
@@ -117,6 +115,8 @@ class ChatTemplate:
 
             self._render_jinja, self._compiled = render_jinja_template, _compile_jinja_template(template)
         else:
+            from prep.recipes.jinja import compile_template  # jinja2 only where a template renders
+
             self._compiled = compile_template(template)
         # Templates differ on tool-call arguments: an object (HF's convention) or a JSON string
         # (DeepSeek-V3 concatenates them). Ask the template once.

@@ -7,11 +7,11 @@ units (`plan_file`), and reads a unit as batches of records (`read_unit`).
 from __future__ import annotations
 
 import glob
+import importlib
 import json
 from pathlib import Path
 
 from prep.errors import PrepError
-from prep.sources import arrow, jsonl, parquet
 
 # Longest suffix first: ".jsonl.zst" must win over ".zst".
 KINDS = {
@@ -19,7 +19,12 @@ KINDS = {
     ".jsonl": "jsonl", ".json": "jsonl", ".zst": "jsonl.zst", ".gz": "jsonl.gz",
     ".parquet": "parquet", ".arrow": "arrow",
 }
-READERS = {"jsonl": jsonl, "jsonl.gz": jsonl, "jsonl.zst": jsonl, "parquet": parquet, "arrow": arrow}
+# Modules imported on first use: pyarrow alone costs a tenth of a second at every start.
+READERS = {"jsonl": "jsonl", "jsonl.gz": "jsonl", "jsonl.zst": "jsonl", "parquet": "parquet", "arrow": "arrow"}
+
+
+def _reader(path: str | Path):
+    return importlib.import_module(f"prep.sources.{READERS[kind_of(path)]}")
 
 
 def kind_of(path: str | Path) -> str | None:
@@ -68,9 +73,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
 
 def plan_file(path: Path, unit_bytes: int) -> list[tuple[int, int]]:
     """(start, stop) pairs, one a unit, whose meaning is the reader's (byte range, row groups...)."""
-    return READERS[kind_of(path)].plan(path, kind_of(path), unit_bytes)
+    return _reader(path).plan(path, kind_of(path), unit_bytes)
 
 
 def read_unit(path: str, start: int, stop: int, keys: list[str], rejects, batch_bytes: int):
     """Batches (records, first_index) of the unit: records are dicts holding at least `keys`."""
-    return READERS[kind_of(path)].read(Path(path), kind_of(path), start, stop, keys, rejects, batch_bytes)
+    return _reader(path).read(Path(path), kind_of(path), start, stop, keys, rejects, batch_bytes)
