@@ -243,6 +243,12 @@ class Encoder:
         self.family = self.family_cls(Components(Path(c["vae"]), [Path(p) for p in c["text_encoders"]], [Path(p) for p in c["tokenizers"]]),
                                       device, cfg["precision"], cfg["deterministic"])
         self.device = self.family.device
+        self.torch_threads = None
+        if self.device.type == "cpu":  # torch's threads get the cores the decoders leave: oversubscribed, both crawl
+            import torch
+
+            self.torch_threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, _cpus() - workers))
         self.batches = 0
         self.crash_after = int(os.environ.get("PREP_TEST_CRASH_AFTER_BATCHES", "0"))
         # Files are serialised, written and journaled on a thread, in batch order, while the
@@ -278,6 +284,10 @@ class Encoder:
         self.writer.join()
         self.pool.terminate()
         self.pool.join()
+        if self.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
 
     def _work(self, units):
         """(run, index, decode task or None) per item, then (run, None, None) at each unit's end."""
