@@ -79,8 +79,9 @@ class ResumableLoader:
         return -(-len(self.sampler) // self.batch_size)
 
     def __iter__(self):
-        self._start = dict(self.sampler.state_dict())
-        self._delivered = 0
+        # From what was delivered, not what the workers fetched ahead: after a break, iterating
+        # again goes on with the next undelivered batch.
+        self.load_state_dict(self.state_dict())
         batches = DataLoader(self.dataset, sampler=self.sampler, **self.loader_kwargs)
         for batch in to_device(iter(batches), self.device, self.prefetch):
             self._delivered += 1

@@ -60,3 +60,18 @@ def test_state_dict_resumes_with_the_next_batch(shards):
     again = [b["input_ids"] for b in resumed]
     assert len(again) == len(rest) and all(torch.equal(a, b) for a, b in zip(again, rest))
     assert len(first) + len(rest) == len(loader)
+
+
+def test_iterating_again_after_a_break_goes_on_with_the_next_batch(shards):
+    """The workers fetch ahead of what was delivered; a new pass over the same loader after a
+    `break` must neither skip nor repeat those windows."""
+    ds = NanoGPTDataset(shards, seq_len=32)
+    full = [b["input_ids"] for b in ds.dataloader(batch_size=5, seed=4, num_workers=2)]
+    loader = ds.dataloader(batch_size=5, seed=4, num_workers=2)
+    got = []
+    for batch in loader:
+        got.append(batch["input_ids"])
+        if len(got) == 3:
+            break
+    got += [b["input_ids"] for b in loader]
+    assert len(got) == len(full) and all(torch.equal(a, b) for a, b in zip(got, full))
