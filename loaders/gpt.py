@@ -574,6 +574,19 @@ class GPTDataset(torch.utils.data.Dataset):
         """The blend of these manifests (or output folders), weighted like Megatron's --data-path."""
         return cls(paths, weights, **kwargs)
 
+    @classmethod
+    def per_split(cls, blends, **kwargs) -> list[GPTDataset | None]:
+        """Megatron's `blend_per_split`: train, valid and test each from a blend of their own,
+        `blends[i]` = paths or (paths, weights), or None for no such split. Each split reads its
+        datasets whole (the split string is not used); `num_samples` is one per split."""
+        if len(blends) != 3:
+            raise ValueError(f"blend_per_split: {len(blends)} blends; expected train, valid, test (None for none)")
+        if "split" in kwargs:
+            raise ValueError("blend_per_split: each split reads its datasets whole; drop `split`")
+        whole = ("1,0,0", "0,1,0", "0,0,1")
+        return [None if blend is None else cls(*(blend if isinstance(blend, tuple) else (blend, None)), split=whole[i],
+                                                split_index=i, **kwargs) for i, blend in enumerate(blends)]
+
     def splits(self) -> list[GPTDataset | None]:
         """Train, valid and test datasets of the same blend and options (None for an empty split)."""
         matrix = split_matrix(parse_split(self.options.split))

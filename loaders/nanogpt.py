@@ -66,6 +66,9 @@ class NanoGPTDataset(torch.utils.data.Dataset):
         return {"input_ids": window[:-1], "labels": window[1:]}
 
     def dataloader(self, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                   num_workers: int = 0, device: str = "cpu") -> ResumableLoader:
-        sampler = ResumableSampler(len(self), rank, world_size, shuffle=shuffle, seed=seed)
+                   num_workers: int = 0, device: str = "cpu", drop_last: bool = False) -> ResumableLoader:
+        """This rank's batches of a seeded permutation per epoch. Ranks see disjoint samples; to
+        give every rank as many, the last round is padded by wrapping to the first samples, or
+        with `drop_last` cut to a multiple of `world_size` (no sample seen twice)."""
+        sampler = ResumableSampler(len(self), rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         return ResumableLoader(self, sampler, batch_size, num_workers=num_workers, device=device)

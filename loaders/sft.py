@@ -74,8 +74,10 @@ class SFTDataset(torch.utils.data.Dataset):
         return lambda batch: collate(batch, self.pad_id, pad_to_multiple_of)
 
     def dataloader(self, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
-                   num_workers: int = 0, pad_to_multiple_of: int = 1, device: str = "cpu") -> ResumableLoader:
-        sampler = ResumableSampler(len(self), rank, world_size, shuffle=shuffle, seed=seed)
+                   num_workers: int = 0, pad_to_multiple_of: int = 1, device: str = "cpu",
+                   drop_last: bool = False) -> ResumableLoader:
+        """As `NanoGPTDataset.dataloader`: padding by wrapping, or `drop_last`."""
+        sampler = ResumableSampler(len(self), rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         return ResumableLoader(self, sampler, batch_size, num_workers=num_workers,
                                collate_fn=self.collate(pad_to_multiple_of), device=device)
 

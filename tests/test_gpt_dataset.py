@@ -302,3 +302,25 @@ def test_finish_on_tensors_equals_finish_on_numpy(corpora, tmp_path, flags):
     assert list(on_cpu) == list(as_tensors)
     for key in on_cpu:
         assert on_cpu[key].dtype == as_tensors[key].dtype and torch.equal(on_cpu[key], as_tensors[key]), key
+
+
+def test_blend_per_split_equals_megatrons(corpora, megatron, tmp_path):
+    """Megatron's blend_per_split: each split its own blend of whole datasets."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    class Tokenizer:
+        eod, vocab_size, unique_identifiers = EOD, 50257, {"class": "gpt2"}
+
+    a, b = corpora
+    (pa,), pb = dataset_prefixes(load(a)), dataset_prefixes(load(b))
+    blends = [([pa, pb[0], pb[1]], [0.6, 0.3, 0.1]), ([pb[2]], None), ([pa, pb[2]], [0.5, 0.5])]
+    sizes = [700, None, 90]
+    config = GPTDatasetConfig(random_seed=7, sequence_length=96, blend_per_split=blends, tokenizer=Tokenizer(),
+                              path_to_cache=str(tmp_path / "megatron"), reset_position_ids=False, reset_attention_mask=False,
+                              eod_mask_loss=False)
+    theirs = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    ours = gpt.GPTDataset.per_split([blends[0], blends[1][0], blends[2]], seq_length=96, num_samples=sizes, seed=7, eod_id=EOD,
+                                    cache_dir=tmp_path / "ours")
+    for mine, reference in zip(ours, theirs):
+        assert_same(mine, reference, samples=range(0, len(mine), 7))

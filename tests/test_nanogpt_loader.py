@@ -46,6 +46,9 @@ def test_ranks_split_without_duplicates_and_cover_everything(shards):
     everything = Counter(tuple(ds[i]["input_ids"].tolist()) for i in range(len(ds)))
     assert not everything - Counter(seen)  # every window reached some rank
     assert sum((Counter(seen) - everything).values()) == (-len(ds)) % 3  # only the padding to a multiple of 3
+    dropped = [tuple(x.tolist()) for rank in range(3)
+               for batch in ds.dataloader(batch_size=4, rank=rank, world_size=3, seed=1, drop_last=True) for x in batch["input_ids"]]
+    assert len(dropped) == len(ds) - len(ds) % 3 and not Counter(dropped) - everything  # with drop_last: no sample twice
 
 
 def test_state_dict_resumes_with_the_next_batch(shards):
