@@ -4,8 +4,10 @@
 
 Prints: the tokenizer-only limit (the same tokenizer's fastest batch encode, fastokens
 encode_batch_flat, one single-threaded process per core, over the corpus's texts already in
-memory), `prep tokenize` end to end (file to finished Megatron dataset, process start included),
-their ratio, and peak RSS. With --rss-check it runs a corpus 10x larger too and prints the ratio
+memory), the file-to-ids reference (one process per core, each reading its part of the file,
+orjson per line, fastokens in batches: what the issue's throughput target was measured with),
+`prep tokenize` end to end (file to finished Megatron dataset, process start included), the
+ratios, and peak RSS. With --rss-check it runs a corpus 10x larger too and prints the ratio
 of peak RSS (memory must stay flat in corpus size).
 """
 
@@ -57,6 +59,42 @@ def _encode_slice(args) -> tuple[float, int, int]:
     return time.perf_counter() - started, tokens, sum(len(t.encode()) for t in texts)
 
 
+def _file_slice(args) -> float:
+    """One core's share of the file-to-ids reference: read its byte range of the file, parse each
+    line with orjson, encode in batches; timed from the read (the tokenizer load excluded)."""
+    corpus, tokenizer_json, part, parts = args
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    import fastokens
+    import orjson
+
+    fast = fastokens.Tokenizer.from_json_str(tokenizer_json)
+    size = os.path.getsize(corpus)
+    lo, hi = size * part // parts, size * (part + 1) // parts
+    started = time.perf_counter()
+    with open(corpus, "rb") as f:  # the lines that start in [lo, hi)
+        if lo:
+            f.seek(lo - 1)
+            f.readline()
+        data = f.read(max(0, hi - f.tell()))
+        if data and not data.endswith(b"\n"):
+            data += f.readline()
+    lines = data.split(b"\n")
+    for i in range(0, len(lines), 512):
+        texts = [orjson.loads(line)["text"] for line in lines[i:i + 512] if line]
+        fast.encode_batch_flat(texts, add_special_tokens=False)
+    return time.perf_counter() - started
+
+
+def file_to_ids(corpus: Path, tokenizer: str, workers: int) -> float:
+    """Wall time of the reference the issue's throughput target names: one single-threaded
+    process per core, each orjson + fastokens from its part of the file to ids."""
+    from prep.tokenizer import load_spec
+
+    spec = load_spec(tokenizer)
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return max(pool.map(_file_slice, [(str(corpus), spec.json, i, workers) for i in range(workers)]))
+
+
 def tokenizer_limit(corpus: Path, tokenizer: str, workers: int) -> dict:
     from prep.tokenizer import load_spec
 
@@ -100,13 +138,15 @@ def main() -> None:
 
     prep_end_to_end(corpus, tokenizer, args.workers, args.data / "warmup")  # resolves the tokenizer cache
     limit = tokenizer_limit(corpus, tokenizer, args.workers)
+    reference = file_to_ids(corpus, tokenizer, args.workers)
     e2e = prep_end_to_end(corpus, tokenizer, args.workers, args.data / "out")
     print(f"corpus      {size / 1e6:.1f} MB JSONL ({limit['text_bytes'] / 1e6:.1f} MB text), tokenizer {tokenizer}, {args.workers} worker(s)")
     print(f"limit       fastokens encode only, in memory: {limit['wall_s']:.2f}s = {size / 1e6 / limit['wall_s']:.1f} MB/s of JSONL "
           f"({limit['text_bytes'] / 1e6 / limit['wall_s']:.1f} MB/s of text)")
     print(f"prep        tokenize end to end: {e2e['wall_s']:.2f}s = {size / 1e6 / e2e['wall_s']:.1f} MB/s, "
           f"{e2e['tokens'] / e2e['wall_s'] / 1e6:.2f} M tokens/s ({e2e['backend'].split(' (')[0]})")
-    print(f"ratio       prep / limit = {limit['wall_s'] / e2e['wall_s']:.2f}")
+    print(f"file to ids orjson + fastokens, one process per core, from the file: {reference:.2f}s = {size / 1e6 / reference:.1f} MB/s")
+    print(f"ratio       prep / limit = {limit['wall_s'] / e2e['wall_s']:.2f}; prep / file to ids = {reference / e2e['wall_s']:.2f}")
     print(f"peak RSS    {e2e['peak_rss_mb']:.0f} MB (largest process)")
     if e2e["tokens"] != limit["tokens"] + 0 and e2e["tokens"] < limit["tokens"]:
         print("warning: prep wrote fewer tokens than the limit encoded", file=sys.stderr)

@@ -91,18 +91,27 @@ def sample_index(lengths: np.ndarray, documents: np.ndarray, seq_length: int, ep
     token offset) where sample s starts, row n where sample n-1 ends; int32 unless too big."""
     n = _sample_count(epochs * tokens_per_epoch, seq_length, drop_last, extra)
     big = max(len(documents), int(lengths.max())) > np.iinfo(np.int32).max
-    sizes = np.array(lengths)[documents]  # a copy first: one sequential read, then random access in memory
-    ends = np.cumsum(sizes, dtype=np.int64)
+    sizes = np.take(np.array(lengths), documents)  # a copy first: one sequential read, then random access in memory
+    ends = sizes.astype(np.int64)
+    np.cumsum(ends, out=ends)
     # Boundary s (token s * seq_length) is named by the document holding that token (extra=1) or
     # the token before it (extra=0): document j names boundaries 1..count[j] not named before it.
-    count = np.clip((ends - extra) // seq_length, 0, n)
-    position = np.repeat(np.arange(len(documents), dtype=np.int64 if big else np.int32), np.diff(count, prepend=0))
-    past = n - len(position)  # the last sample runs off the data: the helper stops there
-    position = np.concatenate([position, np.full(past, len(documents) - 1)])
-    offset = np.arange(1, n + 1, dtype=np.int64) * seq_length - ends[position] + sizes[position]
-    offset[n - past:] = sizes[-1] - extra
-    index = np.zeros((n + 1, 2), np.int64 if big else np.int32)
-    index[1:, 0], index[1:, 1] = position, offset
+    count = ends - extra
+    count //= seq_length
+    np.clip(count, 0, n, out=count)
+    steps = np.empty_like(count)
+    steps[0] = count[0]
+    np.subtract(count[1:], count[:-1], out=steps[1:])
+    covered = int(count[-1])  # boundaries inside the data; any after them: the helper stops at its end
+    index = np.empty((n + 1, 2), np.int64 if big else np.int32)
+    index[0] = 0
+    position = np.repeat(np.arange(len(documents), dtype=index.dtype), steps)
+    index[1:covered + 1, 0] = position
+    index[covered + 1:, 0] = len(documents) - 1
+    offset = np.arange(seq_length, (covered + 1) * seq_length, seq_length, dtype=np.int64)
+    offset -= (ends - sizes)[position]  # minus where the document starts
+    index[1:covered + 1, 1] = offset
+    index[covered + 1:, 1] = sizes[-1] - extra
     return index
 
 
