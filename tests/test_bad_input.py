@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import zlib
 
 import pytest
 import zstandard
@@ -84,6 +85,24 @@ def test_truncated_compressed_file_stops_the_run(tmp_path, kind):
     assert f"error: {path}:" in result.stderr and "truncated or corrupt" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["gz", "zst"])
+def test_truncated_compressed_file_names_the_line_where_it_breaks(tmp_path, kind):
+    records = [{**json.loads(GOOD[i % len(GOOD)]), "n": i} for i in range(6000)]
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()  # the break is far from the start
+    packed = gzip.compress(data) if kind == "gz" else zstandard.ZstdCompressor().compress(data)
+    cut = packed[: len(packed) * 3 // 5]
+    path = tmp_path / f"c.jsonl.{kind}"
+    path.write_bytes(cut)
+    readable = (zlib.decompressobj(31).decompress(cut) if kind == "gz"
+                else zstandard.ZstdDecompressor().decompressobj().decompress(cut))
+    whole = readable.count(b"\n")  # the lines before the break
+    assert 100 < whole < len(records)
+    result = _tokenize(path, "-o", tmp_path / "out")
+    assert result.returncode == 2 and f"error: {path}:{whole + 1}: truncated or corrupt" in result.stderr
+    _tokenize(path, "-o", tmp_path / "kept", "--skip-invalid")
+    assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["stats"]["documents"] == whole
 
 
 def test_unreadable_parquet_stops_the_run(tmp_path):

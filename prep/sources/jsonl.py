@@ -94,9 +94,24 @@ def _zstd_blocks(raw, size: int):
 
 
 def _gzip_blocks(raw, size: int):
+    """Decompressed blocks of about `size` bytes. `read(size)` would drop what it decompressed
+    before a truncation or corruption; pieces are gathered with `read1` instead, and those before
+    the break are handed out before the error, so it names the line where the stream breaks."""
     with gzip.GzipFile(fileobj=raw) as stream:
-        while block := stream.read(size):
-            yield block
+        pieces, held = [], 0
+        try:
+            while piece := stream.read1(size - held):
+                pieces.append(piece)
+                held += len(piece)
+                if held >= size:
+                    yield b"".join(pieces)
+                    pieces, held = [], 0
+        except (EOFError, OSError, zlib.error):
+            if pieces:
+                yield b"".join(pieces)
+            raise
+        if pieces:
+            yield b"".join(pieces)
 
 
 def _stream_chunks(path: Path, kind: str, batch_bytes: int, rejects):
