@@ -95,3 +95,32 @@ def test_verify_flags_a_changed_item_file(tmp_path, reference):
     item.write_bytes(item.read_bytes() + b"\0")
     problems = verify(out)
     assert len(problems) == 1 and item.name in problems[0]
+
+
+def test_a_finished_cache_is_not_taken_as_complete_for_other_inputs(tmp_path, reference, tiny_flux):
+    """Same models and settings, but an image added or a caption changed since: refused, not
+    'already complete' with a stale cache; the same inputs are still a no-op."""
+    folder = captioned_copies(tmp_path / "in", SOURCES[:2])
+    out = tmp_path / "cache"
+    latents_cli(folder, "-o", out, "--model", tiny_flux, *OPTIONS)
+    again = latents_cli(folder, "-o", out, "--model", tiny_flux, *OPTIONS)
+    assert _this_run(again.stdout) == 0 if "this run" in again.stdout else "complete" in again.stdout + again.stderr
+    (folder / "chelsea.txt").write_text("another caption")
+    changed = latents_cli(folder, "-o", out, "--model", tiny_flux, *OPTIONS, check=False)
+    assert changed.returncode == 2 and "inputs or captions changed" in changed.stderr and "Traceback" not in changed.stderr
+    latents_cli(folder, "-o", out, "--model", tiny_flux, *OPTIONS, "--overwrite")
+    assert verify(out) == []
+
+
+def test_undecodable_caption_and_unusable_device_are_one_line_errors(tmp_path, tiny_flux):
+    folder = captioned_copies(tmp_path / "in", SOURCES[:1])
+    (folder / "astronaut.txt").write_bytes(b"caf\xe9 cr\xe8me")  # Latin-1, not UTF-8
+    bad = latents_cli(folder, "-o", tmp_path / "a", "--model", tiny_flux, *OPTIONS, check=False)
+    assert bad.returncode == 2 and "astronaut.txt" in bad.stderr and "UTF-8" in bad.stderr
+    (folder / "astronaut.txt").write_text("fine")
+    import torch
+
+    for device in ("banana", *([] if torch.cuda.is_available() else ["cuda:0"])):
+        result = latents_cli(folder, "-o", tmp_path / device, "--model", tiny_flux, *OPTIONS, "--device", device, check=False)
+        assert result.returncode == 2 and f"--device {device}" in result.stderr and "Traceback" not in result.stderr
+        assert not (tmp_path / device).exists()  # nothing written that would block a retry on another device

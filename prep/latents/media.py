@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prep.errors import PrepError
+from prep.errors import BadRecord, PrepError
 from prep.latents.buckets import Bucket, cover_crop, nearest_bucket
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -56,7 +56,7 @@ def dataset_captions(source: str, file_column: str = "file_name", caption_column
     folder of them, or a `save_to_disk` folder; `caption_column` defaults to the first of
     text / caption / prompt that the rows hold. Streamed with prep's own readers."""
     from prep import sources
-    from prep.errors import BadRecord, Rejects
+    from prep.errors import Rejects
 
     index: dict[str, str] = {}
     columns = [file_column, caption_column] if caption_column else None  # None: every column (to find the caption's)
@@ -85,7 +85,11 @@ def find_captions(files: list[Path], captions: str | None = None, file_column: s
     for file in files:
         sidecar = file.with_suffix(".txt")
         if sidecar.exists():
-            found[str(file)] = sidecar.read_text(encoding="utf-8").strip()
+            try:
+                found[str(file)] = sidecar.read_text(encoding="utf-8").strip()
+            except UnicodeDecodeError as exc:
+                raise BadRecord(str(sidecar), None, f"caption is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                                                    "re-save it as UTF-8") from None
             continue
         for folder in [file.parent, *file.parent.parents][:4]:
             text = _caption_index(folder, cache).get(str(file.relative_to(folder)))

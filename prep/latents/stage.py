@@ -128,6 +128,7 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     from prep.latents.families import family_class, resolve_components
 
     family = family_class(config.family)
+    devices_for(config.device)  # a device that can't run stops here, before any state is written
     cuda = config.device.startswith("cuda")
     config.precision = config.precision or ("bf16" if cuda else "fp32")
     if config.deterministic is None:
@@ -166,7 +167,12 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
     claim_output(out, fp, overwrite, _clear_outputs, "a latent cache made with other weights or settings", log)
+    inputs_digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
     if (out / MANIFEST_NAME).exists():
+        made_from = load_manifest(out)["datasets"]["latents"].get("inputs_sha256")
+        if made_from is not None and made_from != inputs_digest:
+            raise PrepError(f"{out}: the inputs or captions changed since this cache was made (files added, removed, "
+                            "resized or recaptioned); pass --overwrite to make it again")
         return {"complete": True, "out": str(out)}
 
     step = config.unit_items
@@ -183,6 +189,7 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     else:
         write_json_atomic(plan_file, plan)
     job = {"complete": False, "kind": "latents", "out": str(out), "workdir": str(workdir), "fingerprint": fp,
+           "inputs_sha256": inputs_digest,
            "config": config.to_dict(), "settings": settings, "encoders": encoders, "max_pixels": max_pixels,
            "quantization": quantization, "table": buckets.describe(table),
            "components": {"vae": str(components.vae), "text_encoders": [str(p) for p in components.text_encoders],
@@ -452,7 +459,17 @@ def devices_for(device: str) -> list[str]:
         if not torch.cuda.is_available():
             raise PrepError("--device cuda: no CUDA device is visible; use --device cpu")
         return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    return [d.strip() for d in device.split(",") if d.strip()]
+    devices = [d.strip() for d in device.split(",") if d.strip()]
+    import torch
+
+    for name in devices or [device]:
+        try:
+            kind = torch.device(name).type
+        except (RuntimeError, ValueError):
+            raise PrepError(f"--device {name}: not a device; use cpu, cuda, cuda:N or a comma-separated list") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise PrepError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return devices
 
 
 def run_units(job: dict, units: list[Unit], progress: bool, log) -> dict:
@@ -582,7 +599,8 @@ def finalize(job: dict, timings: dict) -> dict:
     encode_s = sum(r["encode_s"] for r in records)
     datasets = {"latents": {"metadata": fmt.METADATA, "shards": shards, "items": len(entries),
                             "bytes": sum(e["bytes"] for e in entries), "buckets": dict(sorted(bucket_counts.items())),
-                            "video": family_video, "root": str(out)}}
+                            "video": family_video, "root": str(out),
+                            "inputs_sha256": job.get("inputs_sha256")}}  # files, sizes and captions: a rerun checks them
     stats = {"items": len(entries), "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
              "bucket_table": job["table"], "encode_s": round(encode_s, 3)}
     encoders = {**job["encoders"], "family": cfg["family"], "settings": job["settings"]}
