@@ -149,10 +149,12 @@ def decode_image(path: str, table: list[Bucket]) -> dict:
 # ----------------------------------------------------------------------------------- videos
 
 
-def frame_count_for(requested: int, available: int, four_n_plus_one: bool) -> int:
-    """Frames to sample: the request, or every frame of a shorter video; for families whose VAE
-    takes 4n+1 frames (Wan, HunyuanVideo), the largest 4n+1 not above that."""
-    count = min(requested, available)
+def frame_count_for(requested: int, four_n_plus_one: bool) -> int:
+    """Frames to sample: the request; for families whose VAE takes 4n+1 frames (Wan,
+    HunyuanVideo), the largest 4n+1 not above it. Every video gets this many, a shorter one by
+    repeating frames (the linspace of `sample_indices` does), so that the items of a bucket share
+    one latent length and batch together (AutoModel's dataloaders concatenate them)."""
+    count = requested
     if four_n_plus_one:
         count = 1 + 4 * ((count - 1) // 4)
     return max(1, count)
@@ -198,7 +200,7 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
     total = _count_frames(path)
     if total == 0:
         raise ValueError("no video frames")
-    count = frame_count_for(frames, total, four_n_plus_one)
+    count = frame_count_for(frames, four_n_plus_one)
     indices = sample_indices(total, count)
     wanted = set(indices.tolist())
     got = dict(_decoded_frames(path, wanted))
@@ -206,7 +208,7 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
         total = len(dict(_decoded_frames(path, set(range(total)))))
         if total == 0:
             raise ValueError("no decodable video frames")
-        count = frame_count_for(frames, total, four_n_plus_one)
+        count = frame_count_for(frames, four_n_plus_one)
         indices = sample_indices(total, count)
         got = dict(_decoded_frames(path, set(indices.tolist())))
     height, width = next(iter(got.values())).shape[:2]

@@ -104,7 +104,7 @@ def _settings(config: LatentsConfig, family, encoders: dict, table: list[buckets
         "latent": "posterior mean" if config.deterministic else f"posterior sample, seed {config.seed} per item",
         "buckets": buckets.describe(table), "quantization": quantization,
         "resize": "bilinear per frame" if family.video else "lanczos", "crop": "cover, centre", "alpha": "over white",
-        "frames": {"count": config.frames, "sampling": "linspace(0, total - 1, n).astype(int)",
+        "frames": {"count": config.frames, "sampling": "linspace(0, total - 1, n).astype(int), n for every video (short ones repeat frames)",
                    "four_n_plus_one": family.four_n_plus_one} if family.video else None,
         "tool": {"name": "prep", "version": __version__},
     }
