@@ -208,7 +208,6 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
         total = len(dict(_decoded_frames(path, set(range(total)))))
         if total == 0:
             raise ValueError("no decodable video frames")
-        count = frame_count_for(frames, four_n_plus_one)
         indices = sample_indices(total, count)
         got = dict(_decoded_frames(path, set(indices.tolist())))
     height, width = next(iter(got.values())).shape[:2]

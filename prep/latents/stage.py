@@ -453,23 +453,19 @@ def _device_worker(job: dict, device: str, units, results) -> None:
 def devices_for(device: str) -> list[str]:
     """`cuda` means every visible GPU (one encoder process each); `cuda:0,cuda:2` those; `cpu` or
     `cuda:N` one, run in this process. (`cpu,cpu` runs the multi-process path on a CPU machine.)"""
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise PrepError("--device cuda: no CUDA device is visible; use --device cpu")
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    devices = [d.strip() for d in device.split(",") if d.strip()]
     import torch
 
-    for name in devices or [device]:
+    names = [d.strip() for d in device.split(",") if d.strip()] or [device]
+    for name in names:
         try:
             kind = torch.device(name).type
         except (RuntimeError, ValueError):
             raise PrepError(f"--device {name}: not a device; use cpu, cuda, cuda:N or a comma-separated list") from None
         if kind == "cuda" and not torch.cuda.is_available():
             raise PrepError(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return devices
+    if device == "cuda":
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return names
 
 
 def run_units(job: dict, units: list[Unit], progress: bool, log) -> dict:
