@@ -112,7 +112,7 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
     Example:
       prep tokenize corpus/*.jsonl.zst -o out/ --tokenizer path/to/tokenizer_dir --workers 16
     """
-    from prep import plan, run
+    from prep import plan
 
     started = time.time()
     workers = workers or plan.default_workers()
@@ -126,6 +126,14 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
                             workers=workers, skip_invalid=skip_invalid, backend=backend)
     task_id, tasks = plan.parse_task(task)
     progress = sys.stderr.isatty() if progress is None else progress
+    with plan.output_lock(Path(output), task_id, tasks):
+        _tokenize(config, overwrite, task_id, tasks, workers, progress, started)
+
+
+def _tokenize(config, overwrite: bool, task_id: int, tasks: int, workers: int, progress: bool, started: float) -> None:
+    from prep import plan, run
+
+    output = config.output
     log = lambda message: click.echo(message, err=True)  # noqa: E731
     job = run.prepare(config, overwrite, log)
     if job["complete"]:
@@ -149,24 +157,26 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
 def finalize(output):
     """Merge the parts of a finished Slurm array into shards and write the manifest."""
-    from prep import run
+    from prep import plan
 
     started = time.time()
     out = Path(output)
     if (out / "manifest.json").exists():
         click.echo(f"{output}: already complete", err=True)
         return
-    job_file = out / ".prep" / "job.json"
+    job_file = out / plan.WORKDIR / "job.json"
     if not job_file.exists():
-        raise PrepError(f"{output}: no prep run here (no .prep/job.json)")
-    job = {**json.loads(job_file.read_text()), "complete": False}
-    if job.get("kind") == "latents":
-        from prep.latents import stage
+        raise PrepError(f"{output}: no prep run here (no {plan.WORKDIR}/job.json)")
+    with plan.output_lock(out):
+        job = {**json.loads(job_file.read_text()), "complete": False}
+        if job.get("kind") == "latents":
+            from prep.latents import stage
 
-        click.echo(stage.summary(stage.finalize(job, {"wall_s": None}), None, time.time() - started))
-        return
-    manifest = run.finalize(job, {"wall_s": None})
-    _summary(manifest, None, time.time() - started)
+            click.echo(stage.summary(stage.finalize(job, {"wall_s": None}), None, time.time() - started))
+            return
+        from prep import run
+
+        _summary(run.finalize(job, {"wall_s": None}), None, time.time() - started)
 
 
 @main.command()

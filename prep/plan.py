@@ -6,9 +6,13 @@ number of workers or tasks, so every Slurm array task computes the same plan.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
+import fcntl
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from prep import sources
 from prep.errors import PrepError
 
 WORKDIR = ".prep"
+LOCK = "lock"  # in WORKDIR; kept by clear_workdir so a run's claim survives its own --overwrite
 MIN_UNIT, MAX_UNIT = 8 << 20, 256 << 20
 
 
@@ -90,6 +95,51 @@ def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str,
     if overwrite:
         log(f"--overwrite: removing the earlier output in {out}")
         clear(out)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, task: int = 0, tasks: int = 1):
+    """Hold this run's claim on `out`: a whole run (or finalize) locks the whole lock file, array
+    task I of N only its byte 1 + I, so Slurm tasks run side by side while a second copy of the
+    same command stops at once with one line (it would redo the work and trip over the first
+    one's finalize). POSIX record locks: released when the process dies, not inherited by the
+    forked workers. Where the filesystem has no locks the run goes on unguarded."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise PrepError(f"{out}: exists and is not a folder; choose another output")
+    made = not out.exists()
+    workdir = out / WORKDIR
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(workdir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise PrepError(f"{out}: can't write here ({exc.strerror})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, *((0, 0) if tasks == 1 else (1, 1 + task)))
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            os.close(fd)
+            what = "this output" if tasks == 1 else f"task {task}/{tasks} of this output (or all of it)"
+            raise PrepError(f"{out}: another prep run is writing {what} now; wait for it to end (or stop it), "
+                            "then rerun to resume") from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):  # a finished run, or one stopped before it wrote state, leaves no lock
+            if os.listdir(workdir) == [LOCK]:
+                (workdir / LOCK).unlink()
+                workdir.rmdir()
+                if made:
+                    out.rmdir()
+
+
+def clear_workdir(out: Path) -> None:
+    """Remove a run's work folder, all but the lock a live run holds there."""
+    workdir = Path(out) / WORKDIR
+    for path in workdir.iterdir() if workdir.is_dir() else []:
+        if path.name != LOCK:
+            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
 
 
 def default_workers() -> int:

@@ -24,7 +24,7 @@ from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.pack import plan_packs
-from prep.plan import (WORKDIR, claim_output, Unit, done_path, load_done, make_plan, units_of,
+from prep.plan import (WORKDIR, claim_output, clear_workdir, Unit, done_path, load_done, make_plan, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe
@@ -173,7 +173,7 @@ def _clear_outputs(out: Path) -> None:
     except (ManifestError, KeyError, json.JSONDecodeError):
         pass
     (out / MANIFEST_NAME).unlink(missing_ok=True)
-    shutil.rmtree(out / WORKDIR, ignore_errors=True)
+    clear_workdir(out)
 
 
 def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:

@@ -97,6 +97,33 @@ def test_verify_flags_a_changed_item_file(tmp_path, reference):
     assert len(problems) == 1 and item.name in problems[0]
 
 
+def test_verify_flags_a_broken_metadata_json_and_stray_item_files(tmp_path, reference):
+    out = tmp_path / "cache"
+    shutil.copytree(reference, out)
+    metadata = json.loads((out / "metadata.json").read_text())
+    (out / "metadata.json").write_text(json.dumps({**metadata, "shards": []}))
+    assert [p for p in verify(out) if "metadata.json" in p and "shards" in p]
+    (out / "metadata.json").unlink()
+    problems = verify(out)
+    assert len(problems) == 1 and "metadata.json" in problems[0]
+    (out / "metadata.json").write_text(json.dumps(metadata))
+    assert verify(out) == []
+    item = next(out.glob("*x*/*.pt"))
+    shutil.copyfile(item, item.with_name("left-over.pt"))
+    problems = verify(out)
+    assert len(problems) == 1 and "left-over.pt" in problems[0] and "no metadata shard lists" in problems[0]
+
+
+def test_a_second_run_into_a_busy_cache_stops_with_one_line(tmp_path, inputs, tiny_flux):
+    from prep.plan import output_lock
+
+    out = tmp_path / "cache"
+    with output_lock(out):  # as a first run of the same command holds it (a lock is per process: env= runs another)
+        busy = latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS, check=False, env={"PYTHONUNBUFFERED": "1"})
+    assert busy.returncode == 2 and "another prep run is writing this output now" in busy.stderr
+    assert "Traceback" not in busy.stderr and not out.exists()
+
+
 def test_a_finished_cache_is_not_taken_as_complete_for_other_inputs(tmp_path, reference, tiny_flux):
     """Same models and settings, but an image added or a caption changed since: refused, not
     'already complete' with a stale cache; the same inputs are still a no-op."""
@@ -124,3 +151,16 @@ def test_undecodable_caption_and_unusable_device_are_one_line_errors(tmp_path, t
         result = latents_cli(folder, "-o", tmp_path / device, "--model", tiny_flux, *OPTIONS, "--device", device, check=False)
         assert result.returncode == 2 and f"--device {device}" in result.stderr and "Traceback" not in result.stderr
         assert not (tmp_path / device).exists()  # nothing written that would block a retry on another device
+
+
+def test_an_empty_caption_is_a_bad_item_unless_allowed(tmp_path, tiny_flux):
+    folder = captioned_copies(tmp_path / "in", SOURCES[:2])
+    (folder / "astronaut.txt").write_text(" \n")
+    bad = latents_cli(folder, "-o", tmp_path / "a", "--model", tiny_flux, *OPTIONS, check=False)
+    assert bad.returncode == 2 and "astronaut" in bad.stderr and "empty caption" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+    latents_cli(folder, "-o", tmp_path / "skip", "--model", tiny_flux, *OPTIONS, "--skip-invalid")
+    manifest = json.loads((tmp_path / "skip" / "manifest.json").read_text())
+    assert manifest["stats"]["skipped"] == {"empty caption": 1} and manifest["stats"]["items"] == 1
+    latents_cli(folder, "-o", tmp_path / "kept", "--model", tiny_flux, *OPTIONS, "--allow-empty-captions")
+    assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["stats"]["items"] == 2

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TOKENIZERS, botchan_documents, prep, read_bytes, write_jsonl
+from prep.plan import output_lock
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,31 @@ def test_rerun_of_a_complete_output_does_nothing(tmp_path, corpus):
     result = prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2")
     assert "already complete" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_second_run_into_a_busy_output_stops_with_one_line(tmp_path, corpus):
+    args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
+    prep(*args, "-o", tmp_path / "clean")
+    out = tmp_path / "out"
+    with output_lock(out):  # as a first run of the same command holds it
+        for task in ([], ["--task", "1/2"]):
+            busy = prep(*args, "-o", out, *task, check=False)
+            assert busy.returncode == 2 and len(busy.stderr.strip().splitlines()) == 1
+            assert "another prep run is writing" in busy.stderr and "Traceback" not in busy.stderr
+    assert not out.exists()  # the refused runs wrote nothing
+    with output_lock(out, 0, 2):  # array task 0 of 2 at work: task 1 goes on beside it, a whole run waits
+        prep(*args, "-o", out, "--task", "1/2")
+        assert prep(*args, "-o", out, "--task", "0/2", check=False).returncode == 2
+        assert prep("finalize", out, check=False).returncode == 2
+    prep(*args, "-o", out)
+    assert read_bytes(out) == read_bytes(tmp_path / "clean")
+    assert not (out / ".prep").exists()
+
+
+def test_a_run_stopped_before_it_starts_leaves_no_output_folder(tmp_path, corpus):
+    out = tmp_path / "out"
+    refused = prep("tokenize", corpus, "-o", out, "--tokenizer", tmp_path / "no-such-tokenizer", check=False)
+    assert refused.returncode == 2 and not out.exists()
 
 
 def test_other_config_into_same_output_refuses_unless_overwrite(tmp_path, corpus):

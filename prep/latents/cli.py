@@ -51,14 +51,16 @@ from prep.errors import PrepError
 @click.option("--caption-column", default=None, help="--captions column holding the caption. Default: text, caption or prompt.")
 @click.option("--caption-fallback", type=click.Choice(["none", "filename"]), default="none", show_default=True,
               help="filename: a file with no caption gets its name (AutoModel's fallback). none: it is a bad item.")
+@click.option("--allow-empty-captions", is_flag=True,
+              help="Keep items whose caption is empty or blank (e.g. for unconditional training). Default: a bad item.")
 @click.option("--skip-invalid", is_flag=True,
               help="Record and skip bad items (corrupt file, undecodable video, no caption), counted by reason in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights or settings.")
 @click.option("--task", default=None, help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixels, frames, device, precision, deterministic,
-            seed, batch_size, decode_workers, unit_items, captions, file_column, caption_column, caption_fallback, skip_invalid,
-            overwrite, task, progress):
+            seed, batch_size, decode_workers, unit_items, captions, file_column, caption_column, caption_fallback,
+            allow_empty_captions, skip_invalid, overwrite, task, progress):
     """Encode images (FLUX) or videos (Wan 2.1, HunyuanVideo) into VAE latent caches by resolution bucket.
 
     INPUT is media files or folders (searched recursively). Captions come from a sidecar .txt per
@@ -82,9 +84,19 @@ def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixel
                                  text_encoders=list(text_encoders), preset=None if max_pixels else preset, max_pixels=max_pixels,
                                  frames=frames, device=device, precision=precision, deterministic=deterministic, seed=seed,
                                  batch_size=batch_size, unit_items=unit_items, decode_workers=decode_workers, captions=captions,
-                                 file_column=file_column, caption_column=caption_column, caption_fallback=caption_fallback, skip_invalid=skip_invalid)
+                                 file_column=file_column, caption_column=caption_column, caption_fallback=caption_fallback,
+                                 allow_empty_captions=allow_empty_captions, skip_invalid=skip_invalid)
     task_id, tasks = plan.parse_task(task)
     progress = sys.stderr.isatty() if progress is None else progress
+    with plan.output_lock(Path(output), task_id, tasks):
+        _latents(config, overwrite, task_id, tasks, progress, started)
+
+
+def _latents(config, overwrite: bool, task_id: int, tasks: int, progress: bool, started: float) -> None:
+    from prep import plan
+    from prep.latents import stage
+
+    output = config.output
     job = stage.prepare(config, overwrite, stage.echo)
     if job["complete"]:
         stage.echo(f"{output}: already complete (same models and settings); nothing to do")

@@ -65,20 +65,23 @@ def resolve_components(family: str, model: str | None, vae: str | None, text_enc
     if root is not None and not root.is_dir():
         raise PrepError(f"--model {model}: not a folder (expected a diffusers layout with vae/, text_encoder/, tokenizer/)")
 
-    def need(path: Path | None, what: str) -> Path:
-        if path is None or not path.is_dir():
-            where = f"{path}" if path else "nowhere (pass --model DIR)"
-            raise PrepError(f"{family}: no {what} folder at {where}; pass --model DIR or --{what.replace('_', '-')} DIR")
+    def need(path: Path | None, what: str, option: str) -> Path:
+        if path is None:
+            raise PrepError(f"{family}: no {what} folder; pass --model DIR (a diffusers layout) or {option}")
+        if not path.is_dir():
+            raise PrepError(f"{family}: no {what} folder at {path}; pass --model DIR or {option}")
         return path
 
-    vae_dir = need(Path(vae) if vae else (root / "vae" if root else None), "vae")
+    vae_dir = need(Path(vae) if vae else (root / "vae" if root else None), "vae", "--vae DIR")
+    repeat = f" ({len(names)} times: {', '.join(names)})" if len(names) > 1 else ""
     encoders, tokenizers = [], []
     for i, name in enumerate(names):
         given = Path(text_encoders[i]) if i < len(text_encoders) else None
-        encoder = need(given or (root / name if root else None), "text_encoder")
+        encoder = need(given or (root / name if root else None), name, f"--text-encoder DIR{repeat}")
         encoders.append(encoder)
         own = [p for p in ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json") if (encoder / p).exists()]
-        tokenizers.append(encoder if own else need(root / tok_names[i] if root else None, "tokenizer"))
+        tokenizers.append(encoder if own else need(root / tok_names[i] if root else None, tok_names[i],
+                                                   f"--text-encoder DIR holding its tokenizer files{repeat}"))
     return Components(vae_dir, encoders, tokenizers)
 
 

@@ -235,6 +235,16 @@ def decode(task: tuple) -> dict:
     return item
 
 
+MAX_IMAGE_PIXELS = 1 << 28  # Pillow's bomb guard, raised from 89 MP: real photos pass, a 1 GP bomb does not
+
+
 def init_worker() -> None:
+    import warnings
+
+    from PIL import Image
+
     # Decoders scale by processes; nested thread pools would oversubscribe the cores.
     os.environ["OMP_NUM_THREADS"] = "1"
+    # Above the limit Pillow raises (the item is recorded as undecodable); below it, no warning per image.
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)

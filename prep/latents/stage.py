@@ -38,7 +38,7 @@ from prep import __version__
 from prep import manifest as manifest_mod
 from prep.errors import BadRecord, PrepError
 from prep.latents import buckets, media
-from prep.plan import WORKDIR, Unit, claim_output, done_path, fsync_dir, load_done, write_json_atomic
+from prep.plan import WORKDIR, Unit, claim_output, clear_workdir, done_path, fsync_dir, load_done, write_json_atomic
 
 DEFAULT_UNIT_ITEMS = 64
 WEIGHT_HASH = "xxh3_128"
@@ -67,6 +67,7 @@ class LatentsConfig:
     caption_column: str | None = None
     caption_fallback: str = "none"  # none | filename (AutoModel's: the file stem, _ as spaces)
     skip_invalid: bool = False
+    allow_empty_captions: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -120,7 +121,7 @@ def _clear_outputs(out: Path) -> None:
     for folder in out.iterdir() if out.exists() else []:
         if folder.is_dir() and "x" in folder.name and folder.name.replace("x", "").isdigit():
             shutil.rmtree(folder, ignore_errors=True)
-    shutil.rmtree(out / WORKDIR, ignore_errors=True)
+    clear_workdir(out)
 
 
 def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
@@ -159,6 +160,9 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
         if caption is None and not config.skip_invalid:
             raise BadRecord(str(path), None, "no caption (add a sidecar .txt or a captions.jsonl with file_name/text, "
                                             "or pass --caption-fallback filename or --skip-invalid)")
+        if caption is not None and not caption.strip() and not (config.allow_empty_captions or config.skip_invalid):
+            raise BadRecord(str(path), None, "empty caption (pass --allow-empty-captions to keep such items, "
+                                            "e.g. for unconditional training, or --skip-invalid)")
         items.append({"path": str(path), "bytes": path.stat().st_size, "caption": caption})
 
     encoders = encoder_identity(components)
@@ -328,8 +332,8 @@ class Encoder:
         if index in run.journaled:
             key = tuple(run.journaled[index]["key"])
             decoded = None
-        elif item["caption"] is None:
-            self._fail(run, index, "no caption")
+        elif item["caption"] is None or not (item["caption"].strip() or self.cfg.get("allow_empty_captions")):
+            self._fail(run, index, "no caption" if item["caption"] is None else "empty caption")
             return
         else:
             decoded = result.get()
@@ -630,7 +634,8 @@ def verify(out: Path, rehash: bool = True) -> list[str]:
         if rehash and path.is_dir() and hash_folder(path) != identity[WEIGHT_HASH]:
             problems.append(f"{role} {path}: its files changed since the cache was made (other weights); re-run prep latents --overwrite")
     dataset = manifest["datasets"]["latents"]
-    seen = 0
+    problems += _check_metadata(out, manifest)
+    seen, listed = 0, set()
     for shard in dataset["shards"]:
         path = out / shard["path"]
         try:
@@ -643,10 +648,32 @@ def verify(out: Path, rehash: bool = True) -> list[str]:
             continue
         for entry in json.loads(data):
             seen += 1
+            listed.add(Path(*Path(entry["cache_file"]).parts[-2:]))
             problems.extend(_check_item(out, entry))
     if seen != dataset["items"]:
         problems.append(f"{out}: {seen} items in the metadata shards, the manifest says {dataset['items']}")
+    stray = sorted(str(p.relative_to(out)) for bucket in dataset["buckets"] for p in (out / bucket).glob("*")
+                   if p.relative_to(out) not in listed)
+    if stray:
+        problems.append(f"{out}: {len(stray)} file(s) in bucket folders that no metadata shard lists (first: {stray[0]})")
     return problems
+
+
+def _check_metadata(out: Path, manifest: dict) -> list[str]:
+    """metadata.json is what AutoModel's loaders open first: it must list the manifest's shards."""
+    path = out / fmt.METADATA
+    try:
+        metadata = json.loads(path.read_text())
+    except OSError as exc:
+        return [f"{path}: {exc.strerror}"]
+    except ValueError:
+        return [f"{path}: not JSON"]
+    dataset = manifest["datasets"]["latents"]
+    expected = {"shards": [s["path"] for s in dataset["shards"]], "total_items": dataset["items"],
+                "fingerprint": manifest["fingerprint"]}
+    found = {k: metadata.get(k) if isinstance(metadata, dict) else None for k in expected}
+    wrong = [k for k in expected if found[k] != expected[k]]
+    return [f"{path}: {', '.join(wrong)} differ from the manifest"] if wrong else []
 
 
 def _check_item(out: Path, entry: dict) -> list[str]:
