@@ -106,6 +106,33 @@ def make_tiny_hunyuan(root: Path) -> Path:
     return root
 
 
+def make_tiny_hunyuan15(root: Path) -> Path:
+    """HunyuanVideo 1.5 layout: vae/ (AutoencoderKLHunyuanVideo15: 32 channels, 16x spatial, 4x
+    temporal), text_encoder/ (Qwen2_5_VLTextModel) with the real SmolLM2 tokenizer and its ChatML
+    template from ../shared, text_encoder_2/ (T5EncoderModel) with tokenizer_2/ (ByT5),
+    image_encoder/ (SiglipVisionModel, 28 px, 4 patches) with feature_extractor/."""
+    import torch
+    from diffusers import AutoencoderKLHunyuanVideo15
+    from transformers import (AutoTokenizer, ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, SiglipImageProcessor,
+                              SiglipVisionConfig, SiglipVisionModel, T5Config, T5EncoderModel)
+
+    torch.manual_seed(0)
+    root = Path(root)
+    AutoencoderKLHunyuanVideo15(block_out_channels=(16, 16, 32, 64, 64), layers_per_block=1).save_pretrained(root / "vae")
+    chat = AutoTokenizer.from_pretrained(SHARED / "data" / "tokenizers" / "smollm2-135m-instruct")
+    chat.save_pretrained(root / "tokenizer")
+    Qwen2_5_VLTextModel(Qwen2_5_VLTextConfig(vocab_size=len(chat), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                                             rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]})).save_pretrained(root / "text_encoder")
+    ByT5Tokenizer().save_pretrained(root / "tokenizer_2")
+    T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, is_encoder_decoder=False,
+                            use_cache=False)).save_pretrained(root / "text_encoder_2")
+    SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                         image_size=28, patch_size=14)).save_pretrained(root / "image_encoder")
+    SiglipImageProcessor(size={"height": 28, "width": 28}).save_pretrained(root / "feature_extractor")
+    return root
+
+
 def make_inputs(folder: Path, video: bool, items: int) -> Path:
     """`items` copies of the shared images (or videos), each with a sidecar caption."""
     source = sorted((SHARED / "data" / ("videos" if video else "images")).iterdir())

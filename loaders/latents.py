@@ -23,7 +23,8 @@ from torch.utils.data import Dataset, Sampler
 from loaders.formats.latents import resolution_of
 from loaders.manifest import ManifestError, load as load_manifest
 
-TEXT_KEYS = ("clip_hidden", "pooled_prompt_embeds", "clip_tokens", "t5_tokens", "text_mask", "text_embeddings_2", "text_mask_2")
+TEXT_KEYS = ("clip_hidden", "pooled_prompt_embeds", "clip_tokens", "t5_tokens", "text_mask", "text_embeddings_2", "text_mask_2",
+             "image_embeds")  # HunyuanVideo 1.5's first-frame SigLIP embeddings ride with the text
 
 
 class LatentDataset(Dataset):

@@ -30,8 +30,9 @@ FIELDS = {
     "flux": ("latent", "clip_tokens", "clip_hidden", "pooled_prompt_embeds", "t5_tokens", "prompt_embeds", "crop_offset"),
     "wan": ("video_latents", "text_embeddings", "first_frame"),
     "hunyuan": ("video_latents", "text_embeddings", "text_mask", "text_embeddings_2", "text_mask_2"),
+    "hunyuan15": ("video_latents", "text_embeddings", "text_mask", "text_embeddings_2", "text_mask_2", "image_embeds"),
 }
-VIDEO_FAMILIES = ("wan", "hunyuan")
+VIDEO_FAMILIES = ("wan", "hunyuan", "hunyuan15")
 
 
 def shard_name(index: int) -> str:

@@ -16,9 +16,10 @@ from prep.errors import PrepError
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Cache folder (created).")
-@click.option("--family", type=click.Choice(["flux", "wan", "hunyuan"]), required=True,
+@click.option("--family", type=click.Choice(["flux", "wan", "hunyuan", "hunyuan15"]), required=True,
               help="flux: images -> FLUX.1 latents + CLIP/T5. wan: videos -> Wan 2.1 latents + UMT5. "
-                   "hunyuan: videos -> HunyuanVideo latents + LLaMA/CLIP.")
+                   "hunyuan: videos -> HunyuanVideo latents + LLaMA/CLIP. hunyuan15: videos -> HunyuanVideo 1.5 "
+                   "latents + Qwen2.5-VL/ByT5 text and SigLIP first-frame embeddings (what AutoModel's hunyuan adapter reads).")
 @click.option("--model", default=None, type=click.Path(file_okay=False),
               help="Diffusers-layout model folder (vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/).")
 @click.option("--vae", default=None, type=click.Path(file_okay=False), help="VAE folder, instead of MODEL/vae.")

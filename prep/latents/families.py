@@ -15,6 +15,12 @@ TextToVideoDataset and its training adapters read our caches unchanged:
 - hunyuan: HunyuanVideo (diffusers' AutoencoderKLHunyuanVideo, LLaMA + CLIP text encoders):
   `video_latents` (1, 16, T', H/8, W/8) fp16 = latent * scaling_factor; `text_embeddings`
   (1, L, D) with `text_mask` (1, L), `text_embeddings_2` (1, D2) (CLIP pooled) and `text_mask_2`.
+- hunyuan15: HunyuanVideo 1.5, what AutoModel's `hunyuan` processor and HunyuanAdapter use
+  (diffusers' HunyuanVideo15ImageToVideoPipeline parts): `video_latents` (1, 32, T', H/16, W/16)
+  fp16 = (z - shift_factor) * scaling_factor (z * scaling_factor without a shift); the pipeline's
+  own `encode_prompt`: Qwen2.5-VL `text_embeddings` (1, 1000, D) + `text_mask`, ByT5 glyph
+  `text_embeddings_2` (1, 256, D2) + `text_mask_2`; `encode_image` of the first frame: SigLIP
+  `image_embeds` (1, 729, 1152 for the real model).
 
 Sampling draws each item's noise from its own seeded generator, so an item's latent does not
 depend on the batch it was encoded in (resume gives identical bytes).
@@ -34,7 +40,7 @@ import torch
 from loaders.formats.latents import VIDEO_FAMILIES
 from prep.errors import PrepError
 
-FAMILIES = ("flux", "wan", "hunyuan")
+FAMILIES = ("flux", "wan", "hunyuan", "hunyuan15")
 WAN_TEXT_TOKENS = 226
 HUNYUAN_TEXT_TOKENS = 256  # HunyuanVideoPipeline.encode_prompt max_sequence_length
 
@@ -44,23 +50,28 @@ class Components:
     """Where a family's parts come from: --model DIR's subfolders unless --vae / --text-encoder say."""
 
     vae: Path
-    text_encoders: list[Path]
-    tokenizers: list[Path]
+    text_encoders: list[Path]  # HunyuanVideo 1.5's image encoder among them, last
+    tokenizers: list[Path]  # and its image processor
+    family: str = "flux"
 
     def files(self) -> list[tuple[str, Path]]:
         """(role, folder) of everything whose bytes go into the fingerprint."""
-        parts = [("vae", self.vae)]
-        parts += [(f"text_encoder{'_' + str(i + 1) if i else ''}", p) for i, p in enumerate(self.text_encoders)]
-        parts += [(f"tokenizer{'_' + str(i + 1) if i else ''}", p) for i, p in enumerate(self.tokenizers)]
-        return parts
+        encoders, tokenizers = ENCODER_ROLES[self.family]
+        return [("vae", self.vae), *zip(encoders, self.text_encoders), *zip(tokenizers, self.tokenizers)]
+
+
+# The diffusers subfolders of each family's encoders, and of their tokenizers (or image processor).
+ENCODER_ROLES = {"flux": (["text_encoder", "text_encoder_2"], ["tokenizer", "tokenizer_2"]),
+                 "wan": (["text_encoder"], ["tokenizer"]),
+                 "hunyuan": (["text_encoder", "text_encoder_2"], ["tokenizer", "tokenizer_2"]),
+                 "hunyuan15": (["text_encoder", "text_encoder_2", "image_encoder"], ["tokenizer", "tokenizer_2", "feature_extractor"])}
 
 
 def resolve_components(family: str, model: str | None, vae: str | None, text_encoders: list[str]) -> Components:
     """Component folders of a diffusers-layout model (vae/, text_encoder/, tokenizer/ ...), overridden
     by --vae and --text-encoder (repeat it for FLUX's T5). A tokenizer is taken from the text
     encoder's own folder when it has one, else from the model's tokenizer folder."""
-    names = {"flux": ["text_encoder", "text_encoder_2"], "wan": ["text_encoder"], "hunyuan": ["text_encoder", "text_encoder_2"]}[family]
-    tok_names = ["tokenizer", "tokenizer_2"][: len(names)]
+    names, tok_names = ENCODER_ROLES[family]
     root = Path(model) if model else None
     if root is not None and not root.is_dir():
         raise PrepError(f"--model {model}: not a folder (expected a diffusers layout with vae/, text_encoder/, tokenizer/)")
@@ -79,10 +90,11 @@ def resolve_components(family: str, model: str | None, vae: str | None, text_enc
         given = Path(text_encoders[i]) if i < len(text_encoders) else None
         encoder = need(given or (root / name if root else None), name, f"--text-encoder DIR{repeat}")
         encoders.append(encoder)
-        own = [p for p in ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json") if (encoder / p).exists()]
+        own = [p for p in ("tokenizer.json", "tokenizer_config.json", "spiece.model", "vocab.json", "preprocessor_config.json")
+               if (encoder / p).exists()]
         tokenizers.append(encoder if own else need(root / tok_names[i] if root else None, tok_names[i],
                                                    f"--text-encoder DIR holding its tokenizer files{repeat}"))
-    return Components(vae_dir, encoders, tokenizers)
+    return Components(vae_dir, encoders, tokenizers, family)
 
 
 def autocast(device: torch.device, precision: str):
@@ -302,7 +314,51 @@ class Hunyuan(Family):
                 for i in range(len(captions))]
 
 
-CLASSES = {"flux": Flux, "wan": Wan, "hunyuan": Hunyuan}
+class Hunyuan15(Family):
+    """HunyuanVideo 1.5 through diffusers' HunyuanVideo15ImageToVideoPipeline, built from the loaded
+    parts without its transformer: the pipeline's own encode_prompt and encode_image give the text
+    and first-frame fields exactly as AutoModel's processor stores them."""
+
+    name, model_type = "hunyuan15", "hunyuanvideo"
+    video, four_n_plus_one = True, True
+
+    def load(self) -> None:
+        from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPipeline
+        from transformers import AutoTokenizer, Qwen2_5_VLTextModel, SiglipImageProcessor, SiglipVisionModel, T5EncoderModel
+
+        c, self.text_dtype = self.components, _text_dtype(self.device, self.precision)
+        self.vae = AutoencoderKLHunyuanVideo15.from_pretrained(c.vae).to(self.device).eval()
+        qwen = Qwen2_5_VLTextModel.from_pretrained(c.text_encoders[0], dtype=self.text_dtype).to(self.device).eval()
+        byt5 = T5EncoderModel.from_pretrained(c.text_encoders[1], dtype=self.text_dtype).to(self.device).eval()
+        _tie_t5_embeddings(byt5)
+        siglip = SiglipVisionModel.from_pretrained(c.text_encoders[2], dtype=self.text_dtype).to(self.device).eval()
+        self.encoders = [qwen, byt5, siglip]
+        self.pipe = HunyuanVideo15ImageToVideoPipeline(
+            text_encoder=qwen, tokenizer=AutoTokenizer.from_pretrained(c.tokenizers[0]), transformer=None, vae=self.vae,
+            scheduler=None, text_encoder_2=byt5, tokenizer_2=AutoTokenizer.from_pretrained(c.tokenizers[1]), guider=None,
+            image_encoder=siglip, feature_extractor=SiglipImageProcessor.from_pretrained(c.tokenizers[2]))
+
+    @torch.no_grad()
+    def encode(self, pixels, captions, seeds):
+        from PIL import Image
+
+        shift, scale = getattr(self.vae.config, "shift_factor", None), self.vae.config.scaling_factor
+        with autocast(self.device, self.precision):
+            # One video a call: diffusers' causal-attention mask in this VAE does not broadcast over a batch.
+            z = torch.cat([_posterior(self.vae, self.pixels_to_tensor([p], self.device), [s], self.deterministic)
+                           for p, s in zip(pixels, seeds)])
+            latents = ((z - shift) * scale if shift else z * scale).to(torch.float16).cpu()
+            embeds, mask, embeds_2, mask_2 = (t.cpu() for t in self.pipe.encode_prompt(
+                prompt=list(captions), device=self.device, dtype=self.text_dtype, batch_size=len(captions)))
+            first = [Image.fromarray(np.ascontiguousarray(p[0])) for p in pixels]
+            image_embeds = self.pipe.encode_image(image=first, batch_size=1, device=self.device, dtype=self.text_dtype).cpu()
+        return [{"video_latents": latents[i:i + 1].clone(), "text_embeddings": embeds[i:i + 1].to(torch.bfloat16),
+                 "text_mask": mask[i:i + 1].to(torch.int64), "text_embeddings_2": embeds_2[i:i + 1].to(torch.bfloat16),
+                 "text_mask_2": mask_2[i:i + 1].to(torch.int64), "image_embeds": image_embeds[i:i + 1].to(torch.bfloat16)}
+                for i in range(len(captions))]
+
+
+CLASSES = {"flux": Flux, "wan": Wan, "hunyuan": Hunyuan, "hunyuan15": Hunyuan15}
 assert set(VIDEO_FAMILIES) == {n for n, c in CLASSES.items() if c.video}
 
 
@@ -320,5 +376,5 @@ def cache_dict(family: type[Family], tensors: dict, meta: dict) -> dict:
     return {**tensors, "original_resolution": tuple(meta["original_resolution"]), "bucket_resolution": tuple(meta["bucket_resolution"]),
             "bucket_id": meta["bucket_id"], "aspect_ratio": meta["aspect_ratio"], "num_frames": meta["num_frames"],
             "prompt": meta["prompt"], "video_path": meta["path"], "deterministic_latents": meta["deterministic"],
-            "model_version": {"wan": "wan2.1", "hunyuan": "hunyuanvideo"}[family.name], "processing_mode": "video",
+            "model_version": {"wan": "wan2.1", "hunyuan": "hunyuanvideo", "hunyuan15": "hunyuanvideo-1.5"}[family.name], "processing_mode": "video",
             "model_type": family.model_type}

@@ -251,7 +251,8 @@ class Encoder:
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         self.pool = context.Pool(workers, initializer=media.init_worker)
         self.window = max(2 * cfg["batch_size"], 2 * workers)
-        self.family = self.family_cls(Components(Path(c["vae"]), [Path(p) for p in c["text_encoders"]], [Path(p) for p in c["tokenizers"]]),
+        self.family = self.family_cls(Components(Path(c["vae"]), [Path(p) for p in c["text_encoders"]], [Path(p) for p in c["tokenizers"]],
+                                                 cfg["family"]),
                                       device, cfg["precision"], cfg["deterministic"])
         self.device = self.family.device
         self.torch_threads = None
@@ -579,7 +580,7 @@ def finalize(job: dict, timings: dict) -> dict:
         shards.append({"path": path.name, "items": len(part), "bytes": len(data), "xxh64": xxhash.xxh64_hexdigest(data)})
     family_video = cfg["family"] in fmt.VIDEO_FAMILIES
     metadata = {"processor": cfg["family"], "model_name": cfg["model"] or job["components"]["vae"],
-                "model_type": {"flux": "flux", "wan": "wan", "hunyuan": "hunyuanvideo"}[cfg["family"]],
+                "model_type": {"flux": "flux", "wan": "wan", "hunyuan": "hunyuanvideo", "hunyuan15": "hunyuanvideo"}[cfg["family"]],
                 "total_items": len(entries), "num_shards": len(shards), "shard_size": fmt.SHARD_ITEMS,
                 "shards": [s["path"] for s in shards], "max_pixels": job["max_pixels"], "caption_format": "sidecar/jsonl",
                 "mode": "video" if family_video else "image", "target_frames": cfg["frames"] if family_video else None,

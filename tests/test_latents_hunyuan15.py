@@ -1,0 +1,70 @@
+"""Videos -> HunyuanVideo 1.5 caches (diffusers' HunyuanVideo15ImageToVideoPipeline parts), read by
+AutoModel's video dataloader and handed to its HunyuanAdapter."""
+
+import json
+
+import pytest
+import torch
+
+from test_latents_common import *  # noqa: F401,F403
+from test_latents_common import VIDEO_PIXELS, VIDEOS, captioned_copies, latents_cli
+
+
+def test_hunyuan15_cache_holds_what_automodels_hunyuan_adapter_reads(tmp_path):
+    from bench.latents import make_tiny_hunyuan15
+    from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPipeline
+    from transformers import AutoTokenizer, Qwen2_5_VLTextModel, SiglipImageProcessor, SiglipVisionModel, T5EncoderModel
+
+    model = make_tiny_hunyuan15(tmp_path / "model")
+    inputs = captioned_copies(tmp_path / "in", [VIDEOS / "carphone_pristine.mp4", VIDEOS / "carphone_distorted.mp4"])
+    (inputs / "carphone_pristine.txt").write_text('a phone call, a sign reading "OPEN"')  # quoted text: ByT5 glyph embeddings
+    out = tmp_path / "out"
+    latents_cli(inputs, "-o", out, "--family", "hunyuan15", "--model", model, "--max-pixels", VIDEO_PIXELS, "--frames", 10,
+                "--batch-size", 2)
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["model_type"] == "hunyuanvideo" and meta["processor"] == "hunyuan15"
+    entries = json.loads((out / meta["shards"][0]).read_text())
+    assert len(entries) == 2 and all(e["num_frames"] == 9 for e in entries)  # 10 -> 4n+1
+
+    # The reference: the same parts in diffusers' own pipeline, one item at a time, as AutoModel's processor runs it.
+    pipe = HunyuanVideo15ImageToVideoPipeline(
+        text_encoder=Qwen2_5_VLTextModel.from_pretrained(model / "text_encoder"), tokenizer=AutoTokenizer.from_pretrained(model / "tokenizer"),
+        transformer=None, vae=AutoencoderKLHunyuanVideo15.from_pretrained(model / "vae"), scheduler=None,
+        text_encoder_2=T5EncoderModel.from_pretrained(model / "text_encoder_2"), tokenizer_2=AutoTokenizer.from_pretrained(model / "tokenizer_2"),
+        guider=None, image_encoder=SiglipVisionModel.from_pretrained(model / "image_encoder"),
+        feature_extractor=SiglipImageProcessor.from_pretrained(model / "feature_extractor"))
+    cpu = torch.device("cpu")
+    for entry in entries:
+        w, h = entry["bucket_resolution"]
+        data = torch.load(entry["cache_file"], weights_only=True)
+        assert data["video_latents"].shape == (1, 32, 3, h // 16, w // 16) and data["video_latents"].dtype == torch.float16
+        assert data["model_version"] == "hunyuanvideo-1.5" and data["model_type"] == "hunyuanvideo"
+        with torch.no_grad():
+            embeds, mask, embeds_2, mask_2 = pipe.encode_prompt(prompt=entry["prompt"], device=cpu, dtype=torch.float32)
+        assert data["text_embeddings"].shape == embeds.shape == (1, 1000, 32)
+        torch.testing.assert_close(data["text_embeddings"].float(), embeds, atol=2e-2, rtol=2e-2)  # stored bf16
+        assert torch.equal(data["text_mask"], mask.long()) and torch.equal(data["text_mask_2"], mask_2.long())
+        torch.testing.assert_close(data["text_embeddings_2"].float(), embeds_2, atol=2e-2, rtol=2e-2)
+        assert data["image_embeds"].shape == (1, 4, 32) and data["image_embeds"].abs().sum() > 0
+    glyph = {e["prompt"]: torch.load(e["cache_file"], weights_only=True)["text_mask_2"].sum().item() for e in entries}
+    assert glyph['a phone call, a sign reading "OPEN"'] > 0 and sorted(glyph.values())[0] == 0  # no quoted text: zeros
+
+    collate = pytest.importorskip("nemo_automodel.components.datasets.diffusion.collate_fns")
+    adapters = pytest.importorskip("nemo_automodel.components.flow_matching.adapters")
+    loader, _ = collate.build_video_multiresolution_dataloader(cache_dir=str(out), model_type="hunyuan", batch_size=2,
+                                                               num_workers=0, drop_last=False, pin_memory=False)
+    batch = next(iter(loader))
+    assert batch["video_latents"].shape[0] == 2 and batch["image_embeds"].shape == (2, 4, 32)
+    latents = batch["video_latents"].float()
+    context = adapters.FlowMatchingContext(noisy_latents=latents, latents=latents, timesteps=torch.ones(2), sigma=torch.ones(2),
+                                           task_type="i2v", data_type="video", device=cpu, dtype=torch.float32, batch=batch)
+    prepared = adapters.HunyuanAdapter().prepare_inputs(context)  # i2v: it takes our image embeddings, not its zeros
+    assert prepared["encoder_hidden_states"].shape[0] == 2 and torch.equal(prepared["image_embeds"], batch["image_embeds"].float())
+    assert prepared["latents"].shape[1] == 2 * 32 + 1  # noisy latents + the first-frame condition latents and mask
+
+    from loaders.latents import BucketBatchSampler, LatentDataset, collate_latents
+
+    ours = LatentDataset(out)
+    batch = collate_latents([ours[i] for i in next(iter(BucketBatchSampler(ours, batch_size=2, shuffle=False)))])
+    assert batch["video_latents"].shape[:2] == (2, 32) and batch["image_embeds"].shape == (2, 4, 32)
+    assert batch["text_mask_2"].shape == (2, 256)
