@@ -80,6 +80,25 @@ def test_compressed_jsonl_gives_the_same_bytes(tmp_path, docs, jsonl_reference, 
     assert read_bytes(tmp_path / "out") == jsonl_reference
 
 
+@pytest.mark.parametrize("kind", ["jsonl", "gz"])
+def test_a_byte_order_mark_and_crlf_line_ends_give_the_same_bytes(tmp_path, docs, jsonl_reference, kind):
+    """Files saved by Windows tools: a UTF-8 BOM before the first record, CRLF after each (and a
+    blank CRLF line). Python's text mode, which Megatron's script reads with, ends lines the same way."""
+    data = b"\xef\xbb\xbf" + b"".join(orjson.dumps(d) + b"\r\n" for d in docs[:5]) + b"\r\n" + \
+        b"".join(orjson.dumps(d) + b"\r\n" for d in docs[5:])
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(data if kind == "jsonl" else gzip.compress(data))
+    if kind == "gz":
+        path = path.rename(path.with_suffix(".jsonl.gz"))
+    prep("tokenize", path, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k")
+    assert read_bytes(tmp_path / "out") == jsonl_reference
+    bad = b"\xef\xbb\xbf" + orjson.dumps(docs[0]) + b"\r\n\r\n{oops}\r\n"
+    path = tmp_path / ("bad.jsonl" if kind == "jsonl" else "bad.jsonl.gz")
+    path.write_bytes(bad if kind == "jsonl" else gzip.compress(bad))
+    refused = prep("tokenize", path, "-o", tmp_path / "bad", "--tokenizer", TOKENIZERS / "gpt2", check=False)
+    assert refused.returncode == 2 and f"{path.name}:3: malformed JSON" in refused.stderr  # lines counted as written
+
+
 def test_parquet_gives_the_same_bytes(tmp_path, docs, jsonl_reference):
     string_docs = [d for d in docs if isinstance(d["text"], str)]
     jsonl_path = write_jsonl(tmp_path / "c.jsonl", string_docs)

@@ -7,6 +7,7 @@ entered mid-stream and are one unit each. Blank lines are not records and are pa
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import zlib
@@ -145,6 +146,9 @@ def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects,
     Malformed lines go to `rejects` with their line number."""
     chunks = _plain_chunks(path, start, stop, batch_bytes) if kind == "jsonl" else _stream_chunks(path, kind, batch_bytes, rejects)
     for origin, chunk in chunks:
+        if origin == (0 if kind == "jsonl" else 1) and chunk.startswith(codecs.BOM_UTF8):
+            chunk = chunk[len(codecs.BOM_UTF8):]  # the byte order mark some Windows tools open a file with
+            origin += len(codecs.BOM_UTF8) if kind == "jsonl" else 0  # a byte offset there, a line number here
         lines = chunk.split(b"\n")
         if lines[-1] == b"":
             lines.pop()
