@@ -68,3 +68,38 @@ def test_hunyuan15_cache_holds_what_automodels_hunyuan_adapter_reads(tmp_path):
     batch = collate_latents([ours[i] for i in next(iter(BucketBatchSampler(ours, batch_size=2, shuffle=False)))])
     assert batch["video_latents"].shape[:2] == (2, 32) and batch["image_embeds"].shape == (2, 4, 32)
     assert batch["text_mask_2"].shape == (2, 256)
+
+
+def test_vae_tiling_encodes_as_diffusers_tiled_vae_and_is_part_of_the_fingerprint(tmp_path):
+    from bench.latents import make_tiny_hunyuan15
+    from diffusers import AutoencoderKLHunyuanVideo15
+
+    from prep.latents.families import VAE_TILING
+    from prep.latents.media import decode_video
+
+    model = make_tiny_hunyuan15(tmp_path / "model")
+    inputs = captioned_copies(tmp_path / "in", [VIDEOS / "carphone_pristine.mp4"])
+    args = ["--family", "hunyuan15", "--model", model, "--max-pixels", 288 * 352, "--frames", 5]
+    latents_cli(inputs, "-o", tmp_path / "tiled", *args, "--vae-tiling")
+    latents_cli(inputs, "-o", tmp_path / "plain", *args)
+    tiled, plain = (json.loads((tmp_path / k / "metadata_shard_0000.json").read_text())[0] for k in ("tiled", "plain"))
+    assert tiled["bucket_resolution"][0] > 256  # wider than a tile: the tiled path runs
+    ours = torch.load(tiled["cache_file"], weights_only=True)["video_latents"].float()
+    untiled = torch.load(plain["cache_file"], weights_only=True)["video_latents"].float()
+
+    vae = AutoencoderKLHunyuanVideo15.from_pretrained(model / "vae").eval()
+    vae.enable_tiling(**VAE_TILING)
+    from prep.latents.buckets import bucket_table
+
+    table = bucket_table(288 * 352, 16)
+    decoded = decode_video(tiled["video_path"], table, 5, True)
+    pixels = torch.from_numpy(decoded["pixels"]).float().div(127.5).sub(1).permute(3, 0, 1, 2)[None]
+    with torch.no_grad():
+        reference = (vae.encode(pixels).latent_dist.mean * vae.config.scaling_factor).half()
+    assert ours.shape == untiled.shape == (1, 32, 2, *(side // 16 for side in reversed(tiled["bucket_resolution"])))
+    torch.testing.assert_close(ours, reference.float(), atol=2e-3, rtol=0)  # fp16 storage; torch's thread count differs
+    assert (untiled - reference.float()).abs().max() > 1e-2  # the seams: tiling is not a no-op here
+    manifests = [json.loads((tmp_path / k / "manifest.json").read_text())["fingerprint"] for k in ("tiled", "plain")]
+    assert manifests[0] != manifests[1]
+    refused = latents_cli(inputs, "-o", tmp_path / "wan", "--family", "wan", "--model", model, "--vae-tiling", check=False)
+    assert refused.returncode == 2 and "--vae-tiling" in refused.stderr

@@ -52,6 +52,9 @@ from prep.errors import PrepError
 @click.option("--caption-column", default=None, help="--captions column holding the caption. Default: text, caption or prompt.")
 @click.option("--caption-fallback", type=click.Choice(["none", "filename"]), default="none", show_default=True,
               help="filename: a file with no caption gets its name (AutoModel's fallback). none: it is a bad item.")
+@click.option("--vae-tiling", is_flag=True,
+              help="hunyuan15: encode in 256 px tiles with 0.25 overlap (less GPU memory for large videos; latents "
+                   "differ near the seams from an untiled encode).")
 @click.option("--allow-empty-captions", is_flag=True,
               help="Keep items whose caption is empty or blank (e.g. for unconditional training). Default: a bad item.")
 @click.option("--skip-invalid", is_flag=True,
@@ -61,7 +64,7 @@ from prep.errors import PrepError
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
 def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixels, frames, device, precision, deterministic,
             seed, batch_size, decode_workers, unit_items, captions, file_column, caption_column, caption_fallback,
-            allow_empty_captions, skip_invalid, overwrite, task, progress):
+            vae_tiling, allow_empty_captions, skip_invalid, overwrite, task, progress):
     """Encode images (FLUX) or videos (Wan 2.1, HunyuanVideo) into VAE latent caches by resolution bucket.
 
     INPUT is media files or folders (searched recursively). Captions come from a sidecar .txt per
@@ -86,7 +89,7 @@ def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixel
                                  frames=frames, device=device, precision=precision, deterministic=deterministic, seed=seed,
                                  batch_size=batch_size, unit_items=unit_items, decode_workers=decode_workers, captions=captions,
                                  file_column=file_column, caption_column=caption_column, caption_fallback=caption_fallback,
-                                 allow_empty_captions=allow_empty_captions, skip_invalid=skip_invalid)
+                                 vae_tiling=vae_tiling, allow_empty_captions=allow_empty_captions, skip_invalid=skip_invalid)
     task_id, tasks = plan.parse_task(task)
     progress = sys.stderr.isatty() if progress is None else progress
     with plan.output_lock(Path(output), task_id, tasks):

@@ -42,6 +42,11 @@ from prep.errors import PrepError
 
 FAMILIES = ("flux", "wan", "hunyuan", "hunyuan15")
 WAN_TEXT_TOKENS = 226
+# --vae-tiling: sample and latent tiles given together (16x apart). AutoModel's processor gives only 64 px
+# sample tiles, leaving the latent tiles at 16, and diffusers 0.42 then returns latents of the wrong
+# size (45x80 becomes 59x106 for 720p); that is not reproduced here.
+VAE_TILING = {"tile_sample_min_height": 256, "tile_sample_min_width": 256, "tile_latent_min_height": 16,
+              "tile_latent_min_width": 16, "tile_overlap_factor": 0.25}
 HUNYUAN_TEXT_TOKENS = 256  # HunyuanVideoPipeline.encode_prompt max_sequence_length
 
 
@@ -150,10 +155,12 @@ class Family:
     default_deterministic: bool = True
     model_type: str = ""
 
-    def __init__(self, components: Components, device: str, precision: str, deterministic: bool):
+    tiling: bool = False  # takes --vae-tiling
+
+    def __init__(self, components: Components, device: str, precision: str, deterministic: bool, vae_tiling: bool = False):
         _quiet()
         self.components, self.device, self.precision = components, torch.device(device), precision
-        self.deterministic = deterministic
+        self.deterministic, self.vae_tiling = deterministic, vae_tiling
         try:
             self.load()
         except PrepError:
@@ -320,7 +327,7 @@ class Hunyuan15(Family):
     and first-frame fields exactly as AutoModel's processor stores them."""
 
     name, model_type = "hunyuan15", "hunyuanvideo"
-    video, four_n_plus_one = True, True
+    video, four_n_plus_one, tiling = True, True, True
 
     def load(self) -> None:
         from diffusers import AutoencoderKLHunyuanVideo15, HunyuanVideo15ImageToVideoPipeline
@@ -328,6 +335,8 @@ class Hunyuan15(Family):
 
         c, self.text_dtype = self.components, _text_dtype(self.device, self.precision)
         self.vae = AutoencoderKLHunyuanVideo15.from_pretrained(c.vae).to(self.device).eval()
+        if self.vae_tiling:
+            self.vae.enable_tiling(**VAE_TILING)
         qwen = Qwen2_5_VLTextModel.from_pretrained(c.text_encoders[0], dtype=self.text_dtype).to(self.device).eval()
         byt5 = T5EncoderModel.from_pretrained(c.text_encoders[1], dtype=self.text_dtype).to(self.device).eval()
         _tie_t5_embeddings(byt5)

@@ -68,6 +68,7 @@ class LatentsConfig:
     caption_fallback: str = "none"  # none | filename (AutoModel's: the file stem, _ as spaces)
     skip_invalid: bool = False
     allow_empty_captions: bool = False
+    vae_tiling: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +100,8 @@ def fingerprint_of(settings: dict) -> str:
 
 
 def _settings(config: LatentsConfig, family, encoders: dict, table: list[buckets.Bucket], quantization: int) -> dict:
+    from prep.latents.families import VAE_TILING
+
     return {
         "family": config.family, "encoders": {role: e[WEIGHT_HASH] for role, e in encoders.items()},
         "precision": config.precision, "device_type": config.device.split(":")[0].split(",")[0],
@@ -108,6 +111,7 @@ def _settings(config: LatentsConfig, family, encoders: dict, table: list[buckets
         "frames": {"count": config.frames, "sampling": "linspace(0, total - 1, n).astype(int), n for every video (short ones repeat frames)",
                    "four_n_plus_one": family.four_n_plus_one} if family.video else None,
         "tool": {"name": "prep", "version": __version__},
+        **({"vae_tiling": VAE_TILING} if config.vae_tiling else {}),  # only when on: older caches keep their fingerprint
     }
 
 
@@ -130,6 +134,8 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
 
     family = family_class(config.family)
     devices_for(config.device)  # a device that can't run stops here, before any state is written
+    if config.vae_tiling and not family.tiling:
+        raise PrepError(f"--vae-tiling: not offered for --family {config.family} (only hunyuan15)")
     cuda = config.device.startswith("cuda")
     config.precision = config.precision or ("bf16" if cuda else "fp32")
     if config.deterministic is None:
@@ -253,7 +259,7 @@ class Encoder:
         self.window = max(2 * cfg["batch_size"], 2 * workers)
         self.family = self.family_cls(Components(Path(c["vae"]), [Path(p) for p in c["text_encoders"]], [Path(p) for p in c["tokenizers"]],
                                                  cfg["family"]),
-                                      device, cfg["precision"], cfg["deterministic"])
+                                      device, cfg["precision"], cfg["deterministic"], cfg.get("vae_tiling", False))
         self.device = self.family.device
         self.torch_threads = None
         if self.device.type == "cpu":  # torch's threads get the cores the decoders leave: oversubscribed, both crawl
