@@ -21,10 +21,12 @@ from prep.errors import PrepError
                    "hunyuan: videos -> HunyuanVideo latents + LLaMA/CLIP. hunyuan15: videos -> HunyuanVideo 1.5 "
                    "latents + Qwen2.5-VL/ByT5 text and SigLIP first-frame embeddings (what AutoModel's hunyuan adapter reads).")
 @click.option("--model", default=None, type=click.Path(file_okay=False),
-              help="Diffusers-layout model folder (vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/).")
+              help="Diffusers-layout model folder (vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/; "
+                   "hunyuan15 also image_encoder/, feature_extractor/).")
 @click.option("--vae", default=None, type=click.Path(file_okay=False), help="VAE folder, instead of MODEL/vae.")
 @click.option("--text-encoder", "text_encoders", multiple=True, type=click.Path(file_okay=False),
-              help="Text encoder folder, instead of MODEL/text_encoder; repeat for the second (FLUX's T5).")
+              help="Text encoder folder, instead of MODEL/text_encoder; repeat for the others in order: FLUX's T5 "
+                   "(text_encoder_2); HunyuanVideo's CLIP; HunyuanVideo 1.5's ByT5, then its image_encoder.")
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="512p", show_default=True,
               help="Pixel budget of the buckets (the largest W x H of each aspect ratio under preset^2).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=None, help="Pixel budget instead of --preset.")
