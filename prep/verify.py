@@ -104,6 +104,11 @@ def _check_with_megatron(reader, ours: IndexedDataset, prefix: Path) -> list[str
 def describe(out: Path) -> str:
     manifest = load(out)
     stats = manifest["stats"]
+    if manifest["kind"] == "latents":
+        encoders = manifest["tokenizer"]
+        parts = [f"{role} {e.get('path', '')}" for role, e in encoders.items() if isinstance(e, dict) and "path" in e]
+        return "\n".join([f"{out}: latents / {manifest['format']} ({encoders.get('family')}), fingerprint {manifest['fingerprint']}",
+                          *(f"  {p}" for p in parts), *(line for line in _latents_summary(manifest) if not line.startswith("wall"))])
     lines = [f"{out}: {manifest['kind']} / {manifest['format']}, fingerprint {manifest['fingerprint']}",
              f"tokenizer {manifest['tokenizer']['source']} (sha256 {manifest['tokenizer']['sha256'][:16]}..., "
              f"vocab {manifest['tokenizer']['vocab_size']:,}, {manifest['tokenizer']['dtype']})",
@@ -123,3 +128,9 @@ def describe(out: Path) -> str:
         path = " ".join(f"{s['tokens']} {root / s['prefix']}" for s in dataset["shards"])
         lines.append(f"--data-path for {key!r}: {path}")
     return "\n".join(lines)
+
+
+def _latents_summary(manifest: dict) -> list[str]:
+    from prep.latents.stage import summary
+
+    return summary(manifest, None, 0.0).splitlines()

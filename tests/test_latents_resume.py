@@ -87,6 +87,14 @@ def test_other_weights_refused_on_resume_and_flagged_by_verify(tmp_path, inputs,
     assert len(problems) == 1 and "vae" in problems[0] and "other weights" in problems[0]
 
 
+def test_inspect_describes_a_latent_cache(reference):
+    from conftest import prep
+
+    described = prep("inspect", reference).stdout
+    assert "latents / automodel (flux)" in described and "vae " in described
+    assert f"items       {len(json.loads((reference / 'metadata_shard_0000.json').read_text()))}" in described
+
+
 def test_verify_flags_a_changed_item_file(tmp_path, reference):
     out = tmp_path / "cache"
     shutil.copytree(reference, out)
