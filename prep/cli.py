@@ -199,9 +199,13 @@ def verify(output, megatron):
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
 def inspect(output):
     """Statistics of a finished output, and the Megatron --data-path string for it."""
+    from loaders.manifest import ManifestError
     from prep.verify import describe
 
-    click.echo(describe(Path(output)))
+    try:
+        click.echo(describe(Path(output)))
+    except ManifestError as exc:
+        raise PrepError(str(exc)) from None
 
 
 def _columns(text: str | None, recipe: str) -> dict:

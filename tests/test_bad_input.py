@@ -125,3 +125,10 @@ def test_bad_arguments_give_one_line(tmp_path, args, message):
 def test_missing_tokenizer_gives_one_line(tmp_path, corpus):
     result = prep("tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", tmp_path / "nope", check=False)
     assert result.returncode == 2 and "no such tokenizer" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify", "finalize"])
+def test_commands_on_a_folder_that_is_no_prep_output_give_one_line(tmp_path, command):
+    result = prep(command, tmp_path, check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
+    assert not (tmp_path / ".prep").exists()
