@@ -20,8 +20,12 @@ def _load_config_file(ctx: click.Context, param, value):
     if value:
         try:
             data = yaml.safe_load(Path(value).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise click.BadParameter(f"{value}: {exc}") from None
+        except OSError as exc:
+            raise click.BadParameter(f"{value}: {exc.strerror}") from None
+        except yaml.YAMLError as exc:  # one line: file:line:column: the problem
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark else value
+            raise click.BadParameter(f"{where}: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(data, dict):
             raise click.BadParameter(f"{value}: expected a mapping of option names to values")
         names = {opt.lstrip("-").replace("-", "_"): p.name for p in ctx.command.params for opt in p.opts}

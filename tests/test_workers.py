@@ -47,3 +47,6 @@ def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path, corpus):
     config.write_text("no-such-option: 1\n")
     bad = prep("tokenize", corpus, "-o", tmp_path / "d", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, check=False)
     assert bad.returncode == 2 and "no-such-option" in bad.stderr
+    config.write_text("workers: [1\n")
+    bad = prep("tokenize", corpus, "-o", tmp_path / "d", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, check=False)
+    assert bad.returncode == 2 and f"{config}:2:1: expected ',' or ']'" in bad.stderr and "Traceback" not in bad.stderr
