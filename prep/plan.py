@@ -13,6 +13,8 @@ import fcntl
 import json
 import os
 import shutil
+import signal
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -205,3 +207,23 @@ def load_done(workdir: Path, unit: Unit, fingerprint: str, parts: int | None = N
     if parts is not None and record.get("parts") != parts:
         return None
     return record
+
+
+def stop_pool(pool) -> None:
+    """Stop a `ProcessPoolExecutor` now: queued units are dropped and running workers killed
+    (their units leave no done-record, so a rerun does them again). `shutdown` alone would let
+    the running ones finish first."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
+
+
+def die_with_parent() -> None:
+    """Have the kernel kill this (worker) process when the process that forked it dies, however
+    it dies: orphaned workers would run on, or print tracebacks into a dead pipe. Linux only."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

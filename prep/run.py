@@ -10,7 +10,10 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict
 from pathlib import Path
 
@@ -24,7 +27,7 @@ from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.pack import plan_packs
-from prep.plan import (WORKDIR, claim_output, clear_workdir, Unit, done_path, load_done, make_plan, units_of,
+from prep.plan import (WORKDIR, claim_output, clear_workdir, Unit, done_path, load_done, make_plan, stop_pool, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe
@@ -52,6 +55,8 @@ def _init_worker(state: dict | None) -> None:
 def run_unit(unit: Unit) -> dict:
     """Read, tokenize and write one unit's parts, then its done-record. Returns the record."""
     s = _STATE
+    if os.environ.get("PREP_TEST_KILL_WORKER_AT_UNIT") == str(unit.index):  # test hook: the OOM killer
+        os.kill(os.getpid(), signal.SIGKILL)
     workdir, keys, dtype, encoder = Path(s["workdir"]), s["keys"], np.dtype(s["dtype"]), s["encoder"]
     rejects = Rejects(s["skip_invalid"])
     writers = {key: megatron.PartWriter(workdir / "parts", unit, key, s["dtypes"].get(key, dtype)) for key in keys}
@@ -344,11 +349,22 @@ def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer
         forked = "fork" in mp.get_all_start_methods()
         context = mp.get_context("fork" if forked else "spawn")
         state = None if forked else {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend}
-        with context.Pool(workers, initializer=_init_worker, initargs=(state,)) as pool:
-            results = pool.imap_unordered(run_unit, pending, chunksize=1)
-            note = check()  # raising here leaves the with-block, which terminates the workers
-            for record in results:
-                account(record)
+        # An executor, not mp.Pool: a worker killed mid-unit (the OOM killer, kill -9) breaks it
+        # and the run stops, where a Pool would replace the worker and wait forever for its unit.
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(state,))
+        try:
+            futures = [pool.submit(run_unit, unit) for unit in pending]
+            note = check()
+            for future in as_completed(futures):
+                account(future.result())
+        except BrokenProcessPool:
+            stop_pool(pool)
+            raise PrepError("a worker process died (killed, or out of memory?); the units finished so far are kept: "
+                            "rerun the same command to resume (with fewer --workers if memory is short)") from None
+        except BaseException:  # a bad record, a backend mismatch, Ctrl-C: the other workers stop now
+            stop_pool(pool)
+            raise
+        pool.shutdown()
         return note
     finally:
         bar.close()

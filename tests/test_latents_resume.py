@@ -67,6 +67,19 @@ def test_two_encoder_processes_share_units_and_give_the_same_cache(tmp_path, inp
     assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
 
 
+def test_a_dead_encoder_process_stops_the_run_and_a_rerun_resumes(tmp_path, inputs, tiny_flux, reference):
+    """An encoder process that dies without a word (killed, out of memory) stops the run with one
+    line instead of leaving it waiting forever; the rerun finishes the same cache."""
+    out = tmp_path / "cache"
+    args = [inputs, "-o", out, "--model", tiny_flux, *OPTIONS, "--device", "cpu,cpu", "--decode-workers", "1"]
+    died = latents_cli(*args, check=False, env={"PREP_TEST_CRASH_AFTER_BATCHES": "1"})
+    assert died.returncode == 2 and "Traceback" not in died.stderr
+    assert "the encoder process died (exit code 70" in died.stderr.strip().splitlines()[-1]
+    assert not (out / "manifest.json").exists()
+    latents_cli(*args)
+    assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
+
+
 def test_other_weights_refused_on_resume_and_flagged_by_verify(tmp_path, inputs, tiny_flux, reference):
     model = tmp_path / "model"
     shutil.copytree(tiny_flux, model)

@@ -52,6 +52,21 @@ def test_resume_after_kill_gives_same_bytes(tmp_path, slow_corpus):
     assert "resumed" in result.stdout or "already complete" in result.stderr
 
 
+def test_a_killed_worker_stops_the_run_with_one_line_and_a_rerun_resumes(tmp_path, corpus):
+    """A worker killed mid-unit (as the OOM killer does) must not leave the run waiting forever
+    for its unit: the run stops with one line, keeps the finished units, and a rerun completes."""
+    args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", "--workers", "2"]
+    prep(*args, "-o", tmp_path / "clean")
+    out = tmp_path / "out"
+    killed = prep(*args, "-o", out, check=False, timeout=120, env={"PREP_TEST_KILL_WORKER_AT_UNIT": "2"})
+    assert killed.returncode == 2, killed.stderr
+    assert killed.stderr.strip().splitlines()[-1].startswith("error: a worker process died")
+    assert "Traceback" not in killed.stderr and not (out / "manifest.json").exists()
+    resumed = prep(*args, "-o", out)
+    assert "resumed" in resumed.stdout
+    assert read_bytes(out) == read_bytes(tmp_path / "clean")
+
+
 def test_kill_mid_finalize_then_rerun_gives_same_bytes(tmp_path, corpus):
     args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
     prep(*args, "-o", tmp_path / "clean")

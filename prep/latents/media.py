@@ -243,6 +243,9 @@ def init_worker() -> None:
 
     from PIL import Image
 
+    from prep.plan import die_with_parent
+
+    die_with_parent()  # an encoder process that dies takes its decoders with it
     # Decoders scale by processes; nested thread pools would oversubscribe the cores.
     os.environ["OMP_NUM_THREADS"] = "1"
     # Above the limit Pillow raises (the item is recorded as undecodable); below it, no warning per image.

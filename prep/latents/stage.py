@@ -451,7 +451,7 @@ def _device_worker(job: dict, device: str, units, results) -> None:
     try:
         encoder = Encoder(job, device, lambda kind, value: results.put((kind, value)))
         encoder.run(_queue_units(units))
-        results.put(("exit", device))
+        results.put(("exit", os.getpid()))
     except BadRecord as exc:
         results.put(("error", exc.format_message()))
     except BaseException as exc:  # reported, then the parent stops the others
@@ -531,12 +531,21 @@ def _run_processes(job, devices, pending, report, log) -> None:
     procs = [context.Process(target=_device_worker, args=(job, d, units, results)) for d in devices]
     for p in procs:
         p.start()
-    running = len(procs)
+    running = {p.pid: (d, p) for d, p in zip(devices, procs)}
     try:
         while running:
-            kind, value = results.get()
+            try:
+                kind, value = results.get(timeout=1.0)
+            except queue.Empty:  # a process killed (OOM, a driver fault) says nothing: look for it
+                dead = [(d, p.exitcode) for d, p in running.values() if p.exitcode is not None]
+                if dead and results.empty():
+                    device, code = dead[0]
+                    how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+                    raise PrepError(f"{device}: the encoder process died ({how}; out of memory?); the units finished "
+                                    "so far are kept: rerun the same command to resume") from None
+                continue
             if kind == "exit":
-                running -= 1
+                running.pop(value)
             elif kind == "error":
                 raise PrepError(value)
             else:
