@@ -80,6 +80,23 @@ def test_a_dead_encoder_process_stops_the_run_and_a_rerun_resumes(tmp_path, inpu
     assert _relocated(cache_bytes(reference), reference, out) == cache_bytes(out)
 
 
+def test_a_decoder_that_dies_on_a_file_makes_that_file_a_bad_item(tmp_path, inputs, tiny_flux):
+    """A decode worker killed by one file (a codec crash, the OOM killer) fails every item in
+    flight; the file that kills it is found and is a bad item (one line, or skipped and
+    counted), the other items are encoded: no hang, nothing dropped silently."""
+    dies = {"PREP_TEST_DECODER_DIES_ON": "coffee"}
+    stopped = latents_cli(inputs, "-o", tmp_path / "strict", "--model", tiny_flux, *OPTIONS, check=False, env=dies)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert "coffee" in last and "decoder process died on it" in last
+    out = tmp_path / "cache"
+    latents_cli(inputs, "-o", out, "--model", tiny_flux, *OPTIONS, "--skip-invalid", env=dies)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stats"]["skipped"] == {"decoder process died on it": 1}
+    assert "coffee" in manifest["stats"]["skipped_examples"][0]
+    assert manifest["stats"]["items"] == len(SOURCES) - 1 and verify(out) == []
+
+
 def test_other_weights_refused_on_resume_and_flagged_by_verify(tmp_path, inputs, tiny_flux, reference):
     model = tmp_path / "model"
     shutil.copytree(tiny_flux, model)

@@ -7,6 +7,7 @@ reason (never raised, never dropped), so the stage can stop or count it.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,8 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
 def decode(task: tuple) -> dict:
     """Worker entry: (index, path, video, table, frames, 4n+1) -> decoded item or {"error": reason}."""
     index, path, video, table, frames, four_n_plus_one = task
+    if os.environ.get("PREP_TEST_DECODER_DIES_ON") and os.environ["PREP_TEST_DECODER_DIES_ON"] in os.path.basename(path):
+        os.kill(os.getpid(), signal.SIGKILL)  # test hook: a codec that crashes the process, or the OOM killer
     try:
         item = decode_video(path, table, frames, four_n_plus_one) if video else decode_image(path, table)
     except Exception as exc:  # any decoder failure is this item's recorded reason

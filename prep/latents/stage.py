@@ -26,6 +26,8 @@ import queue
 import sys
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +40,8 @@ from prep import __version__
 from prep import manifest as manifest_mod
 from prep.errors import BadRecord, PrepError
 from prep.latents import buckets, media
-from prep.plan import WORKDIR, Unit, claim_output, clear_workdir, done_path, fsync_dir, load_done, write_json_atomic
+from prep.plan import (WORKDIR, Unit, claim_output, clear_workdir, done_path, fsync_dir, load_done, stop_pool,
+                       write_json_atomic)
 
 DEFAULT_UNIT_ITEMS = 64
 WEIGHT_HASH = "xxh3_128"
@@ -252,10 +255,9 @@ class Encoder:
         self.plan_items = json.loads((self.workdir / "plan.json").read_text())["items"]
         self.table = [buckets.Bucket(b["id"], *b["resolution"]) for b in job["table"]]
         self.family_cls = family_class(cfg["family"])
-        workers = cfg["decode_workers"] or max(1, _cpus() - 1)
+        self.workers = workers = cfg["decode_workers"] or max(1, _cpus() - 1)
         # Decoders fork before the models load: small children, no CUDA state in them.
-        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        self.pool = context.Pool(workers, initializer=media.init_worker)
+        self.pool = _decoders(workers, "fork")
         self.window = max(2 * cfg["batch_size"], 2 * workers)
         self.family = self.family_cls(Components(Path(c["vae"]), [Path(p) for p in c["text_encoders"]], [Path(p) for p in c["tokenizers"]],
                                                  cfg["family"]),
@@ -300,8 +302,7 @@ class Encoder:
     def close(self) -> None:
         self.writes.put(None)
         self.writer.join()
-        self.pool.terminate()
-        self.pool.join()
+        stop_pool(self.pool)
         if self.torch_threads is not None:
             import torch
 
@@ -309,20 +310,45 @@ class Encoder:
 
     def _work(self, units):
         """(run, index, decode task or None) per item, then (run, None, None) at each unit's end."""
-        video, frames = self.family_cls.video, self.cfg["frames"]
         for unit in units:
             run = _UnitRun(unit, self.workdir)
             for index in range(unit.start, unit.stop):
-                item = self.plan_items[index]
-                needed = index not in run.journaled and item["caption"] is not None
-                yield run, index, (index, item["path"], video, self.table, frames, self.family_cls.four_n_plus_one) if needed else None
+                needed = index not in run.journaled and self.plan_items[index]["caption"] is not None
+                yield run, index, self._task(index) if needed else None
             yield run, None, None
+
+    def _task(self, index: int) -> tuple:
+        item, family = self.plan_items[index], self.family_cls
+        return index, item["path"], family.video, self.table, self.cfg["frames"], family.four_n_plus_one
+
+    def _decode(self, task: tuple):
+        try:
+            return self.pool.submit(media.decode, task)
+        except BrokenProcessPool:  # a decoder died: a new pool, spawned (the models are loaded: no fork now)
+            stop_pool(self.pool)
+            self.pool = _decoders(self.workers, "spawn")
+            return self.pool.submit(media.decode, task)
+
+    def _decoded(self, index: int, future) -> dict:
+        """The decoded item. A decoder that died (a codec crash, the OOM killer) fails every item
+        in flight; each is then decoded alone in a fresh process, which finds the one that kills
+        it: that item is a bad item, the others go on."""
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            alone = _decoders(1, "spawn")
+            try:
+                return alone.submit(media.decode, self._task(index)).result()
+            except BrokenProcessPool:
+                return {"index": index, "error": "decoder process died on it (a codec crash, or out of memory)"}
+            finally:
+                stop_pool(alone)
 
     def run(self, units) -> None:
         """Encode the units (an iterable; a shared queue's for work stealing), reporting done-records."""
         in_flight: collections.deque = collections.deque()
         for run, index, task in self._work(units):
-            in_flight.append((run, index, self.pool.apply_async(media.decode, (task,)) if task else None))
+            in_flight.append((run, index, self._decode(task) if task else None))
             while len(in_flight) > self.window:
                 self._take(*in_flight.popleft())
         while in_flight:
@@ -343,7 +369,7 @@ class Encoder:
             self._fail(run, index, "no caption" if item["caption"] is None else "empty caption")
             return
         else:
-            decoded = result.get()
+            decoded = self._decoded(index, result)
             if "error" in decoded:
                 self._fail(run, index, decoded["error"])
                 return
@@ -434,6 +460,11 @@ class Encoder:
         self.report("unit", record)
 
 
+def _decoders(workers: int, start: str) -> ProcessPoolExecutor:
+    context = mp.get_context(start if start in mp.get_all_start_methods() else "spawn")
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=media.init_worker)
+
+
 def _cpus() -> int:
     from prep.plan import default_workers
 
@@ -506,7 +537,7 @@ def run_units(job: dict, units: list[Unit], progress: bool, log) -> dict:
         if len(devices) == 1:
             encoder = Encoder(job, devices[0], report)
             log(f"encoder: {job['config']['family']} on {devices[0]} ({job['config']['precision']}), "
-                f"{encoder.pool._processes} decode worker(s)")
+                f"{encoder.workers} decode worker(s)")
             started = time.perf_counter()  # busy share over the encoding, not the model loading
             try:
                 encoder.run(pending)
