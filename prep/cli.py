@@ -12,7 +12,7 @@ import yaml
 
 from prep import __version__
 from prep.config import TokenizeConfig, parse_size
-from prep.errors import PrepError
+from prep.errors import PrepError, StageGroup
 
 
 def _load_config_file(ctx: click.Context, param, value):
@@ -43,7 +43,7 @@ def _size(ctx, param, value):
         raise click.BadParameter(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, cls=StageGroup)
 @click.version_option(__version__, prog_name="prep")
 def main():
     """Offline, deterministic, crash-safe preprocessing of training data.

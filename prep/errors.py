@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 
@@ -48,3 +50,28 @@ class Rejects:
             self.examples.append(str(error.format_message()))
         category = reason.split(" (")[0]
         self.counts[category] = self.counts.get(category, 0) + 1
+
+
+# What the machine, not prep, refuses: a full disk, a quota, a read-only or forbidden output.
+_ENVIRONMENT = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some quota", errno.EROFS: "use a writable folder",
+                errno.EACCES: "fix the permissions", errno.EPERM: "fix the permissions"}
+
+
+class StageCommand(click.Command):
+    """A command whose full-disk, quota and permission errors are one line naming the file (or
+    the output folder when the system names none), exit code 2; what was committed before stays,
+    so the same command resumes once the cause is fixed."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT:
+                raise
+            where = exc.filename or ctx.params.get("output") or ctx.params.get("outputs") or "the output"
+            raise PrepError(f"{where}: {exc.strerror}; {_ENVIRONMENT[exc.errno]} and rerun the same command: "
+                            "it resumes") from None
+
+
+class StageGroup(click.Group):
+    command_class = StageCommand

@@ -67,6 +67,29 @@ def test_a_killed_worker_stops_the_run_with_one_line_and_a_rerun_resumes(tmp_pat
     assert read_bytes(out) == read_bytes(tmp_path / "clean")
 
 
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_space(tmp_path):
+    """A real full disk (a 2 MB tmpfs) under the output: one line naming the output folder,
+    exit 2; after the disk grows, the same command resumes and gives the clean run's bytes."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", botchan_documents(6000, seed=3))  # ~4 MB of text
+    args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "256k", "--workers", "2"]
+    prep(*args, "-o", tmp_path / "clean")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        full = prep(*args, "-o", disk / "out", check=False, timeout=120)
+        assert full.returncode == 2 and "Traceback" not in full.stderr
+        assert full.stderr.strip().splitlines()[-1] == (
+            f"error: {disk / 'out'}: No space left on device; free some space and rerun the same command: it resumes")
+        assert not (disk / "out" / "manifest.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        prep(*args, "-o", disk / "out")
+        assert read_bytes(disk / "out") == read_bytes(tmp_path / "clean")
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_kill_mid_finalize_then_rerun_gives_same_bytes(tmp_path, corpus):
     args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
     prep(*args, "-o", tmp_path / "clean")

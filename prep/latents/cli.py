@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from loaders.formats.latents import PRESETS
-from prep.errors import PrepError
+from prep.errors import PrepError, StageCommand
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}, cls=StageCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Cache folder (created).")
 @click.option("--family", type=click.Choice(["flux", "wan", "hunyuan", "hunyuan15"]), required=True,
