@@ -46,7 +46,8 @@ def default_unit_bytes(total_bytes: int) -> int:
 
 def make_plan(inputs: list[str], unit_bytes: int | None) -> dict:
     files = sources.expand_inputs(inputs)
-    described = [{"path": str(p), "bytes": p.stat().st_size} for p in files]
+    # The modification time too: a file rewritten with the same size is another input.
+    described = [{"path": str(p), "bytes": (st := p.stat()).st_size, "mtime_ns": st.st_mtime_ns} for p in files]
     unit_bytes = unit_bytes or default_unit_bytes(sum(f["bytes"] for f in described))
     units = []
     for path in files:

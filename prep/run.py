@@ -228,7 +228,7 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         if config.unit_bytes is None:  # keep the unit size the run started with
             plan = make_plan(config.inputs, saved["unit_bytes"])
         if saved != plan:
-            raise PrepError(f"{out}: the inputs changed since this output was started (files or sizes differ); "
+            raise PrepError(f"{out}: the inputs changed since this output was started (files, sizes or modification times differ); "
                             "restore them, or pass --overwrite to start again")
     else:
         write_json_atomic(plan_file, plan)

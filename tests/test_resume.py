@@ -155,11 +155,20 @@ def test_resume_refuses_when_inputs_changed(tmp_path, corpus):
     crashed = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k",
                    check=False, env={"PREP_TEST_CRASH_IN_FINALIZE": "1"})
     assert crashed.returncode != 0
+    original = data.read_bytes()
     with open(data, "ab") as f:
         f.write(b'{"text": "one more"}\n')
     refused = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", check=False)
     assert refused.returncode == 2
     assert "inputs changed" in refused.stderr
+    # rewritten with the same size (two letters swapped in the first record): changed all the same
+    swapped = bytearray(original)
+    swapped[20:40] = bytes(swapped[20:40]).translate(bytes.maketrans(b"ae", b"ea"))
+    data.write_bytes(bytes(swapped))
+    os.utime(data, ns=(data.stat().st_atime_ns, data.stat().st_mtime_ns + 10**9))
+    assert data.stat().st_size == len(original) and data.read_bytes() != original
+    refused = prep("tokenize", data, "-o", out, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", check=False)
+    assert refused.returncode == 2 and "inputs changed" in refused.stderr
 
 
 def test_units_an_older_prep_left_are_redone(tmp_path, corpus):

@@ -134,3 +134,33 @@ def test_folder_input_reads_files_in_sorted_order(tmp_path, docs):
     assert read_bytes(tmp_path / "out") == read_bytes(tmp_path / "ref")
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert [i["records"] for i in manifest["inputs"]] == [250, len(docs) - 250]
+
+
+def test_a_saved_dataset_inside_a_folder_is_read_as_its_arrow_files(tmp_path, docs):
+    """A `save_to_disk` folder below a folder input gives its rows (its state.json and
+    dataset_info.json are metadata, not JSON lines); hidden files are passed over."""
+    import datasets
+
+    string_docs = [{"text": d["text"]} for d in docs if isinstance(d["text"], str)]
+    write_jsonl(tmp_path / "all.jsonl", string_docs)
+    prep("tokenize", tmp_path / "all.jsonl", "-o", tmp_path / "ref", "--tokenizer", TOKENIZERS / "gpt2")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    write_jsonl(corpus / "a.jsonl", string_docs[:100])
+    datasets.Dataset.from_dict({"text": [d["text"] for d in string_docs[100:]]}).save_to_disk(str(corpus / "b_saved"), num_shards=2)
+    (corpus / ".hidden.jsonl").write_text('{"not": "read"}\n')
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2")
+    assert read_bytes(tmp_path / "out") == read_bytes(tmp_path / "ref")
+
+
+def test_a_file_reached_twice_is_read_once(tmp_path, docs):
+    """Through a symlink in the folder, or named twice: one input, as the manifest lists it."""
+    (tmp_path / "in" / "real").mkdir(parents=True)
+    write_jsonl(tmp_path / "in" / "real" / "a.jsonl", docs)
+    (tmp_path / "in" / "b.jsonl").symlink_to(tmp_path / "in" / "real" / "a.jsonl")
+    prep("tokenize", tmp_path / "in" / "real" / "a.jsonl", "-o", tmp_path / "ref", "--tokenizer", TOKENIZERS / "gpt2")
+    for name, args in (("folder", [tmp_path / "in"]), ("twice", [tmp_path / "in" / "b.jsonl", tmp_path / "in" / "real" / "a.jsonl"])):
+        prep("tokenize", *args, "-o", tmp_path / name, "--tokenizer", TOKENIZERS / "gpt2")
+        assert read_bytes(tmp_path / name) == read_bytes(tmp_path / "ref")
+        manifest = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert [i["path"] for i in manifest["inputs"]] == [str((tmp_path / "in" / "real" / "a.jsonl").resolve())]

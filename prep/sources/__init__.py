@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import importlib
 import json
+import os
 from pathlib import Path
 
 from prep.errors import PrepError
@@ -45,15 +46,14 @@ def _hf_saved_files(folder: Path) -> list[Path]:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files to read, sorted by path: files as given, folders searched recursively, globs expanded."""
+    """Files to read, sorted by resolved path, each once (a file reached twice, through a symlink
+    or two arguments, is read once): files as given, folders searched recursively (hidden files
+    and folders passed over; a `save_to_disk` folder inside gives its arrow files), globs expanded."""
     found: set[Path] = set()
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            if (path / "state.json").exists() or (path / "dataset_dict.json").exists():
-                found.update(_hf_saved_files(path))
-                continue
-            files = [p for p in path.rglob("*") if p.is_file() and kind_of(p) and not any(part.startswith(".") for part in p.relative_to(path).parts)]
+            files = _folder_files(path)
             if not files:
                 raise PrepError(f"{path}: no .jsonl, .json, .gz, .zst, .parquet or .arrow files in this folder")
             found.update(files)
@@ -68,7 +68,26 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             found.update(matches)
         else:
             raise PrepError(f"{item}: no such file or folder")
-    return sorted((p.resolve() for p in found), key=str)
+    return sorted({p.resolve() for p in found}, key=str)
+
+
+def _is_saved_dataset(folder: Path) -> bool:
+    return (folder / "state.json").exists() or (folder / "dataset_dict.json").exists()
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Input files under `folder`: a `save_to_disk` folder (here or below) gives its arrow files
+    (its state.json and dataset_info.json are no records); hidden entries are passed over."""
+    if _is_saved_dataset(folder):
+        return _hf_saved_files(folder)
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for d in [d for d in dirs if _is_saved_dataset(Path(root) / d)]:
+            dirs.remove(d)
+            files += _hf_saved_files(Path(root) / d)
+        files += [Path(root) / n for n in names if not n.startswith(".") and kind_of(n) and (Path(root) / n).is_file()]
+    return files
 
 
 def plan_file(path: Path, unit_bytes: int) -> list[tuple[int, int]]:
