@@ -32,7 +32,11 @@ def _load_config_file(ctx: click.Context, param, value):
         unknown = [k for k in data if k.replace("-", "_") not in names]
         if unknown:
             raise click.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
-        ctx.default_map = {**(ctx.default_map or {}), **{names[k.replace("-", "_")]: v for k, v in data.items()}}
+        multiple = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+        defaults = {names[k.replace("-", "_")]: v for k, v in data.items()}
+        # `text-key: title` means [title], as `--text-key title` does
+        defaults = {k: [v] if k in multiple and not isinstance(v, list) else v for k, v in defaults.items()}
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
     return value
 
 

@@ -13,7 +13,8 @@ class PrepError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        # One line, whatever a library put in the reason (pyarrow's messages hold newlines).
+        click.echo(f"error: {' '.join(self.format_message().split())}", err=True)
 
 
 class BadRecord(PrepError):

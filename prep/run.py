@@ -198,9 +198,14 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         config.eod = not nanogpt_format and not (config.recipe == "chat" or config.use_chat_template)
     if sft:
         config.keys = ["tokens", "loss_mask"]
+    if not sft:
+        for flag, value in (("--pack", config.pack), ("--max-length", config.max_length)):
+            if value:  # pretraining documents are whole; the GPT loaders cut them into sequences
+                raise PrepError(f"{flag} is for the SFT recipes (chat, instruction, completion)")
+    if nanogpt_format and config.shard_tokens and config.shard_tokens > nanogpt.MAX_TOKENS:
+        raise PrepError(f"--shard-tokens {config.shard_tokens:,}: a NanoGPT shard holds at most 2^31-1 "
+                        f"({nanogpt.MAX_TOKENS:,}) tokens (its header counts them in int32)")
     if config.pack:
-        if not sft:
-            raise PrepError("--pack is for the SFT recipes (chat, instruction, completion)")
         if config.max_length is None or config.max_length > config.pack:
             config.max_length = config.pack  # a sample longer than a pack could not be placed
     if config.eod and spec.eod_id is None:

@@ -105,17 +105,29 @@ def test_truncated_compressed_file_names_the_line_where_it_breaks(tmp_path, kind
     assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["stats"]["documents"] == whole
 
 
-def test_unreadable_parquet_stops_the_run(tmp_path):
+def test_unreadable_parquet_stops_the_run_with_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     path = tmp_path / "broken.parquet"
     path.write_bytes(b"PAR1 this is not parquet")
     result = _tokenize(path, "-o", tmp_path / "out")
     assert result.returncode == 2 and f"error: {path}" in result.stderr
     assert "Traceback" not in result.stderr
+    # a damaged page in a real file: pyarrow's reason spans lines, the error must not
+    pq.write_table(pa.table({"text": [f"row {i}" for i in range(100)]}), tmp_path / "good.parquet", row_group_size=10)
+    data = (tmp_path / "good.parquet").read_bytes()
+    path.write_bytes(data[:len(data) // 2] + bytes(100) + data[len(data) // 2 + 100:])
+    result = _tokenize(path, "-o", tmp_path / "out2")
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("tokenizer:")]
+    assert result.returncode == 2 and len(errors) == 1 and errors[0].startswith(f"error: {path}")
 
 
 @pytest.mark.parametrize("args,message", [
     (["missing.jsonl"], "no such file or folder"),
     (["README.md"], "unknown input type"),
+    (["examples/sample.jsonl", "--max-length", "10"], "--max-length is for the SFT recipes"),
+    (["examples/sample.jsonl", "--format", "nanogpt", "--shard-tokens", "3G"], "a NanoGPT shard holds at most 2^31-1"),
 ])
 def test_bad_arguments_give_one_line(tmp_path, args, message):
     result = _tokenize(*args, "-o", tmp_path / "out")

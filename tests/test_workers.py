@@ -44,6 +44,9 @@ def test_config_file_gives_defaults_and_the_command_line_wins(tmp_path, corpus):
     assert read_bytes(tmp_path / "a") == read_bytes(tmp_path / "b")
     prep("tokenize", corpus, "-o", tmp_path / "c", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, "--eod")
     assert read_bytes(tmp_path / "c") != read_bytes(tmp_path / "a")
+    config.write_text("text-key: text\neod: false\nshard-size: 100k\n")  # one key, written as a scalar
+    prep("tokenize", corpus, "-o", tmp_path / "scalar", "--tokenizer", TOKENIZERS / "gpt2", "--config", config)
+    assert read_bytes(tmp_path / "scalar") == read_bytes(tmp_path / "b")
     config.write_text("no-such-option: 1\n")
     bad = prep("tokenize", corpus, "-o", tmp_path / "d", "--tokenizer", TOKENIZERS / "gpt2", "--config", config, check=False)
     assert bad.returncode == 2 and "no-such-option" in bad.stderr
