@@ -393,6 +393,11 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     if missing:
         raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
                         f"(first: {missing[0].path} [{missing[0].start}:{missing[0].stop}]); run the remaining tasks first")
+    empty = [key for key in job["keys"] if not any(r["keys"][key]["tokens"] for r in records)]
+    if empty:  # Megatron-Core can't map an empty .bin: a dataset without tokens is no dataset
+        skipped = sum(sum(r["skipped"].values()) for r in records)
+        raise PrepError(f"{out}: no tokens under {', '.join(map(repr, empty))} in {sum(r['records'] for r in records):,} record(s)"
+                        f"{f' ({skipped:,} skipped as bad)' if skipped else ''}; nothing to write: check the inputs and --text-key")
     units = [Unit(**r["unit"]) for r in records]
     shard_tokens = job["config"]["shard_tokens"]
     if job["format"] == "nanogpt":

@@ -42,7 +42,11 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
             if manifest["format"] == "nanogpt":
                 problems += _check_nanogpt(out, shard, dataset, manifest["tokenizer"].get("bos_id") if manifest["config"]["bos"] else None)
                 continue
-            ds = IndexedDataset(out / shard["prefix"])
+            try:
+                ds = IndexedDataset(out / shard["prefix"])
+            except (OSError, ValueError) as exc:  # an empty or damaged .bin/.idx: a problem to report, not a traceback
+                problems.append(f"{shard['prefix']}: unreadable ({exc})")
+                continue
             counts = (ds.num_documents, len(ds), int(ds.sequence_lengths.sum(dtype=np.int64)))
             if counts != (shard["documents"], shard["sequences"], shard["tokens"]):
                 problems.append(f"{shard['prefix']}: (documents, sequences, tokens) {counts} != manifest "

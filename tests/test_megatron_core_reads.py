@@ -67,6 +67,28 @@ def test_shards_are_each_valid_and_concatenate_to_the_whole(tmp_path, corpus):
     assert sequences == [whole[i].tolist() for i in range(len(whole))]
 
 
+def test_empty_documents_after_the_last_full_shard_close_it(tmp_path):
+    """No shard without tokens (Megatron-Core can't map an empty .bin): trailing empty documents
+    join the last shard, and every shard still opens in Megatron-Core."""
+    corpus = write_jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"text": "a"}, {"text": ""}, {"text": ""}])
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2", "--shard-size", "4")
+    shards = json.loads((tmp_path / "out" / "manifest.json").read_text())["datasets"]["text"]["shards"]
+    assert [(s["documents"], s["tokens"]) for s in shards] == [(4, 4)]
+    assert len(MegatronIndexedDataset(str(tmp_path / "out" / shards[0]["prefix"])).document_indices) == 5
+    assert "OK" in prep("verify", tmp_path / "out").stdout
+
+
+@pytest.mark.parametrize("lines,skip", [("\n\n   \n", False), ('{"text": 5}\n', True), ('{"text": ""}\n', False)])
+def test_inputs_without_tokens_are_an_error_not_an_unreadable_dataset(tmp_path, lines, skip):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(lines)
+    result = prep("tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2",
+                  *(["--skip-invalid"] if skip else []), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"no tokens under 'text'" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "text_document.bin").exists()
+
+
 def test_verify_passes_then_catches_a_changed_byte(tmp_path, corpus):
     out = tmp_path / "out"
     prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "gpt2")

@@ -139,6 +139,9 @@ def _shard_bounds(document_index: np.ndarray, token_ends: np.ndarray, shard_toke
         d1 = min(max(d1, d0 + 1), n_documents)
         bounds.append((d0, d1))
         d0, base = d1, int(doc_end[d1 - 1])
+    if len(bounds) > 1 and doc_end[bounds[-1][1] - 1] == doc_end[bounds[-1][0] - 1]:
+        # only empty documents after the last full shard: they close it (an empty .bin can't be mapped)
+        bounds[-2:] = [(bounds[-2][0], n_documents)]
     return bounds
 
 
