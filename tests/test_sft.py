@@ -111,7 +111,10 @@ def test_last_turn_only_and_tool_calls(tmp_path):
     tok = Tokenizer.from_file(str(TEMPLATES["deepseek"] / "tokenizer.json"))
     (ids, mask), = _read(tmp_path / "all")
     trained = tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False)
-    assert trained.startswith("<｜tool▁calls▁begin｜>") and "get_weather" in trained and '{"city":"Paris"}' in trained
+    # arguments given as a JSON string reach the template as written, as in apply_chat_template
+    assert trained.startswith("<｜tool▁calls▁begin｜>") and "get_weather" in trained and '{"city": "Paris"}' in trained
+    reference = AutoTokenizer.from_pretrained(str(TEMPLATES["deepseek"]))
+    assert ids == reference(reference.apply_chat_template(conv["messages"], tokenize=False), add_special_tokens=False).input_ids
     assert trained.endswith("It is sunny.<｜end▁of▁sentence｜>") and "sunny<｜tool▁output▁end｜>" not in trained
     (ids, mask), = _read(tmp_path / "last")
     assert tok.decode([t for t, m in zip(ids, mask) if m], skip_special_tokens=False) == "It is sunny.<｜end▁of▁sentence｜>"

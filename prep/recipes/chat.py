@@ -92,12 +92,14 @@ def _tool_call(call, i: int) -> dict:
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         raise BadConversation(f"messages[{i}]: a tool call without function.name")
     arguments = function.get("arguments", {})
-    if isinstance(arguments, str):  # OpenAI sends a JSON string; most templates expect the object
+    if isinstance(arguments, str):  # OpenAI sends a JSON string: kept as written (see _with_arguments)
         try:
-            arguments = orjson.loads(arguments) if arguments.strip() else {}
+            parsed = orjson.loads(arguments) if arguments.strip() else {}
         except orjson.JSONDecodeError:
             raise BadConversation(f"messages[{i}]: tool call arguments are not JSON") from None
-    if not isinstance(arguments, dict):
+    else:
+        parsed = arguments
+    if not isinstance(parsed, dict):
         raise BadConversation(f"messages[{i}]: tool call arguments are not a JSON object")
     return {**call, "type": call.get("type", "function"), "function": {**function, "arguments": arguments}}
 
@@ -155,8 +157,7 @@ class ChatTemplate:
 
     def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
         """(rendered text, trained character spans in order)."""
-        if self.string_arguments:
-            messages = [_with_string_arguments(m) for m in messages]
+        messages = [_with_arguments(m, self.string_arguments) for m in messages]
         assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if self.generation:
             text, indices = self.render(messages, tools, indices=True)
@@ -292,11 +293,20 @@ def _alias_reasoning(messages: list[dict]) -> list[dict]:
     return out
 
 
-def _with_string_arguments(message: dict) -> dict:
+def _with_arguments(message: dict, as_string: bool) -> dict:
+    """Tool-call arguments as the template takes them: a JSON string (DeepSeek-V3 concatenates
+    it; a string in the record is kept exactly as written, as apply_chat_template passes it) or
+    an object (HF's convention; a string is parsed)."""
     if not message.get("tool_calls"):
         return message
-    calls = [{**c, "function": {**c["function"], "arguments": orjson.dumps(c["function"]["arguments"]).decode()}}
-             for c in message["tool_calls"]]
+    calls = []
+    for call in message["tool_calls"]:
+        arguments = call["function"]["arguments"]
+        if as_string and not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()
+        elif not as_string and isinstance(arguments, str):
+            arguments = orjson.loads(arguments) if arguments.strip() else {}
+        calls.append({**call, "function": {**call["function"], "arguments": arguments}})
     return {**message, "tool_calls": calls}
 
 
