@@ -126,12 +126,15 @@ def _vocabulary(text: str) -> dict[str, int]:
 
 def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = None) -> TokenizerSpec:
     """Resolve the tokenizer at `path` (folder or tokenizer.json) into a TokenizerSpec."""
-    source = Path(path)
+    source = given = Path(path)
     if source.is_file() and (source.parent / "tokenizer_config.json").exists():
-        source = source.parent
+        source = source.parent  # its EOS, BOS, special ids and chat template; the ids are the file's own
     if source.is_dir():
         resolved = _resolve_folder(source)
         text, vocab_size, special = resolved["json"], resolved["vocab_size"], resolved["special_ids"]
+        if given.is_file():  # AutoTokenizer may rebuild the pipeline (e.g. drop the file's normalizer)
+            text = given.read_text(encoding="utf-8")
+            vocab_size = len(_vocabulary(text))
         eod, bos = resolved["eos"], resolved["bos"]
         vocabulary = _vocabulary(text)
         template, tokens_map = resolved["chat_template"], resolved["special_tokens_map"]

@@ -91,6 +91,26 @@ def test_run_falls_back_to_hf_loudly_and_writes_the_same_bytes(tmp_path, corpus,
     assert strict.exit_code == 2 and "differs" in strict.output
 
 
+def test_a_tokenizer_json_named_beside_its_config_gives_that_files_ids(tmp_path):
+    """--tokenizer DIR/tokenizer.json encodes with that file (its NFKC normalizer included), with
+    the EOS of the config beside it; AutoTokenizer on the folder would rebuild the pipeline."""
+    import shutil
+
+    from tokenizers import Tokenizer, normalizers
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    reference = Tokenizer.from_file(str(TOKENIZERS / "gpt2" / "tokenizer.json"))
+    reference.normalizer = normalizers.NFKC()
+    reference.save(str(folder / "tokenizer.json"))
+    shutil.copy(TOKENIZERS / "gpt2" / "tokenizer_config.json", folder)
+    text = "ﬁ ﬀ ① Ⅻ ｶ Ａｂｃ"
+    spec = tok.load_spec(str(folder / "tokenizer.json"))
+    assert spec.eod_id == 50256
+    ids, _ = tok.Encoder(spec.json, "hf", False).encode([text])
+    assert ids.tolist() == reference.encode(text, add_special_tokens=False).ids
+
+
 def test_bare_tokenizer_json_finds_eos(tmp_path):
     spec = tok.load_spec(str(TOKENIZERS / "llama3" / "tokenizer.json"))  # beside its config: the folder wins
     assert spec.eod_id == 128001 and spec.vocab_size == 128256
