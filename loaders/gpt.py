@@ -384,18 +384,15 @@ _NPY_HEADERS = threading.Lock()
 
 def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
     """Arrays in `<stem>-<name>.npy`, memory-mapped. Missing ones are built and saved (write, then
-    rename); under torch.distributed only rank 0 builds and the other ranks wait for its files."""
+    rename); under torch.distributed only rank 0 builds and the other ranks wait for its files.
+    Builders of the same cache at once (a blend naming one dataset twice, jobs sharing a cache
+    folder) may each build it: every one writes its own file and renames it into place whole."""
     paths = _cache_paths(stem, names)
     if not all(p.exists() for p in paths):
         if _rank() == 0:
             stem.parent.mkdir(parents=True, exist_ok=True)
             for path, array in zip(paths, build()):
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                _save(path, array)
         else:
             deadline = time.monotonic() + CACHE_WAIT_S
             while not all(p.exists() for p in paths):
@@ -405,6 +402,21 @@ def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
                 time.sleep(0.2)
     with _NPY_HEADERS:
         return [np.asarray(np.load(p, mmap_mode="r")) for p in paths]  # plain arrays: np.memmap indexes slowly
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """`np.save` to `path` atomically: readers see no file or all of it."""
+    # A name of this host, process and thread (cache folders may be shared between nodes):
+    # another writer of the same file never truncates ours.
+    tmp = path.with_name(f"{path.name}.{os.uname().nodename}-{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # Datasets -----------------------------------------------------------------------------------

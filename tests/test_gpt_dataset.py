@@ -141,6 +141,20 @@ def test_weightless_blend_equals_megatron(corpora, megatron):
         assert_same(ours, theirs[split])
 
 
+def test_blend_of_one_dataset_twice_equals_megatron_on_a_fresh_cache(corpora, megatron, tmp_path):
+    """--data-path 0.5 A 0.5 A: both sources build the same index cache at once, on two threads;
+    neither may trip over the other's files."""
+    a, _ = corpora
+    prefixes = dataset_prefixes(load(a)) * 2
+    sizes = [200_000, 0, 0]  # Megatron asks a size of every split of a weighted blend
+    theirs = megatron(prefixes, [0.5, 0.5], sizes, 16, 3, "1,0,0")[0]
+    for attempt in range(4):
+        ours = gpt.GPTDataset([a, a], [0.5, 0.5], seq_length=16, seed=3, split="1,0,0", num_samples=sizes,
+                              cache_dir=tmp_path / str(attempt))
+        assert_same(ours, theirs, samples=[*range(0, len(ours), 997), len(ours) - 1])
+        assert not list((tmp_path / str(attempt)).glob("*.tmp"))
+
+
 def test_index_functions_equal_megatron_helpers():
     from megatron.core.datasets import helpers
     from megatron.core.datasets.blended_megatron_dataset_config import (
