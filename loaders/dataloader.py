@@ -16,8 +16,9 @@ from torch.utils.data import DataLoader, Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """DistributedSampler-like: a seeded permutation per epoch (or the identity), padded by
-    wrapping to a multiple of world_size, rank r taking every world_size-th index from r.
+    """torch's DistributedSampler, resumable: a seeded permutation per epoch (or the identity),
+    padded by repeating it to len(self) * world_size (cut to a multiple of world_size with
+    drop_last), rank r taking every world_size-th index from r.
 
     `state_dict()` holds the epoch and how many indices this rank has handed out, so a loader
     rebuilt with `load_state_dict` continues with exactly the next index."""
@@ -33,10 +34,10 @@ class ResumableSampler(Sampler[int]):
     def _indices(self) -> np.ndarray:
         order = (np.random.default_rng((self.seed, self.epoch)).permutation(self.length) if self.shuffle
                  else np.arange(self.length))
-        if self.drop_last:
-            order = order[: len(order) - len(order) % self.world_size]
-        elif len(order) % self.world_size:
-            order = np.concatenate([order, order[: self.world_size - len(order) % self.world_size]])
+        # Repeated as often as it takes, not once: with more ranks than indices every rank still
+        # gets len(self) of them (a rank without a batch hangs the others' collectives).
+        total = len(self) * self.world_size
+        order = np.resize(order, total) if total > len(order) else order[:total]
         return order[self.rank::self.world_size]
 
     def __len__(self) -> int:

@@ -384,18 +384,15 @@ _NPY_HEADERS = threading.Lock()
 
 def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
     """Arrays in `<stem>-<name>.npy`, memory-mapped. Missing ones are built and saved (write, then
-    rename); under torch.distributed only rank 0 builds and the other ranks wait for its files."""
+    rename); under torch.distributed only rank 0 builds and the other ranks wait for its files.
+    Builders of the same cache at once (a blend naming one dataset twice, jobs sharing a cache
+    folder) may each build it: every one writes its own file and renames it into place whole."""
     paths = _cache_paths(stem, names)
     if not all(p.exists() for p in paths):
         if _rank() == 0:
             stem.parent.mkdir(parents=True, exist_ok=True)
             for path, array in zip(paths, build()):
-                tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                with open(tmp, "wb") as f:
-                    np.save(f, array)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
+                _save(path, array)
         else:
             deadline = time.monotonic() + CACHE_WAIT_S
             while not all(p.exists() for p in paths):
@@ -405,6 +402,21 @@ def _cached(stem: Path, names: tuple[str, ...], build) -> list[np.ndarray]:
                 time.sleep(0.2)
     with _NPY_HEADERS:
         return [np.asarray(np.load(p, mmap_mode="r")) for p in paths]  # plain arrays: np.memmap indexes slowly
+
+
+def _save(path: Path, array: np.ndarray) -> None:
+    """`np.save` to `path` atomically: readers see no file or all of it."""
+    # A name of this host, process and thread (cache folders may be shared between nodes):
+    # another writer of the same file never truncates ours.
+    tmp = path.with_name(f"{path.name}.{os.uname().nodename}-{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # Datasets -----------------------------------------------------------------------------------
@@ -488,18 +500,20 @@ class GPTDataset(torch.utils.data.Dataset):
 
     `paths`: a manifest, prep output folder or Megatron prefix, or a list of them; `weights`: one
     per path, as in Megatron's blend (a manifest's weight is shared among its shards by tokens).
-    One prefix without weights is Megatron's plain GPTDataset; several without weights are
+    One prefix without weights is Megatron's plain GPTDataset (with a weight, Megatron's blend of
+    one; in a split of `per_split`, plain either way); several without weights are
     Megatron's weightless blend (in proportion to their samples, one epoch of each at most). `num_samples`: for this
     split, or one per split (train, valid, test); None is one epoch. Items are dicts of tensors:
     tokens, labels, attention_mask (if create_attention_mask), loss_mask, position_ids, and
-    dataset_id when blended. Other keyword options: see `Options`.
+    dataset_id when blended. `blend_per_split`: set by `per_split`. Other keyword options: see `Options`.
     """
 
     def __init__(self, paths, weights=None, *, seq_length: int, num_samples=None, split_index: int = 0,
                  key: str | None = None, cache_dir: str | Path | None = None, eod_id: int | None = None,
-                 pad_id: int | None = None, **options):
+                 pad_id: int | None = None, blend_per_split: bool = False, **options):
         self._args = dict(paths=paths, weights=weights, seq_length=seq_length, num_samples=num_samples,
-                          key=key, cache_dir=cache_dir, eod_id=eod_id, pad_id=pad_id, **options)
+                          key=key, cache_dir=cache_dir, eod_id=eod_id, pad_id=pad_id,
+                          blend_per_split=blend_per_split, **options)
         self.options = o = Options(seq_length=seq_length, **options)
         self.split_index = split_index
         if split_matrix(parse_split(o.split))[split_index] is None:
@@ -517,7 +531,11 @@ class GPTDataset(torch.utils.data.Dataset):
 
         self._fixed = self._blend_stem = self.dataset_index = self.dataset_sample_index = None
         self.consumed_samples = self.epoch = 0  # the dataloader's position: see state_dict
-        if len(shards) == 1 and weights is None:
+        if weights is not None and size is None:
+            raise ValueError("blend weights need num_samples (Megatron: 'Using client-specified weights requires client-specified size')")
+        # Megatron's blend_per_split ignores the weight of a single prefix (its `blend` does not):
+        # a plain dataset of num_samples, without the surplus or a BlendedDataset around it.
+        if len(shards) == 1 and (weights is None or blend_per_split):
             self.sources = [source(shards[0], size).build()]
             self.key = self.sources[0].key
         else:
@@ -527,8 +545,6 @@ class GPTDataset(torch.utils.data.Dataset):
         """BlendedMegatronDatasetBuilder's sizes and BlendedDataset's indices for one split."""
         o = self.options
         if weights is not None:  # the mid-level datasets get a surplus
-            if size is None:
-                raise ValueError("blend weights need num_samples (Megatron: 'Using client-specified weights requires client-specified size')")
             weights = normalize(weights)
             self.sources = [source(s, n) for s, n in zip(shards, blend_sizes(weights, size, o.mid_level_dataset_surplus))]
             size, weights = sum(blend_sizes(weights, size)), normalize(weights)
@@ -587,14 +603,15 @@ class GPTDataset(torch.utils.data.Dataset):
     def per_split(cls, blends, **kwargs) -> list[GPTDataset | None]:
         """Megatron's `blend_per_split`: train, valid and test each from a blend of their own,
         `blends[i]` = paths or (paths, weights), or None for no such split. Each split reads its
-        datasets whole (the split string is not used); `num_samples` is one per split."""
+        datasets whole (the split string is not used); `num_samples` is one per split. A blend of
+        one prefix is a plain dataset of its num_samples, weighted or not, as in Megatron."""
         if len(blends) != 3:
             raise ValueError(f"blend_per_split: {len(blends)} blends; expected train, valid, test (None for none)")
         if "split" in kwargs:
             raise ValueError("blend_per_split: each split reads its datasets whole; drop `split`")
         whole = ("1,0,0", "0,1,0", "0,0,1")
         return [None if blend is None else cls(*(blend if isinstance(blend, tuple) else (blend, None)), split=whole[i],
-                                                split_index=i, **kwargs) for i, blend in enumerate(blends)]
+                                                split_index=i, blend_per_split=True, **kwargs) for i, blend in enumerate(blends)]
 
     def splits(self) -> list[GPTDataset | None]:
         """Train, valid and test datasets of the same blend and options (None for an empty split)."""

@@ -141,6 +141,20 @@ def test_weightless_blend_equals_megatron(corpora, megatron):
         assert_same(ours, theirs[split])
 
 
+def test_blend_of_one_dataset_twice_equals_megatron_on_a_fresh_cache(corpora, megatron, tmp_path):
+    """--data-path 0.5 A 0.5 A: both sources build the same index cache at once, on two threads;
+    neither may trip over the other's files."""
+    a, _ = corpora
+    prefixes = dataset_prefixes(load(a)) * 2
+    sizes = [200_000, 0, 0]  # Megatron asks a size of every split of a weighted blend
+    theirs = megatron(prefixes, [0.5, 0.5], sizes, 16, 3, "1,0,0")[0]
+    for attempt in range(4):
+        ours = gpt.GPTDataset([a, a], [0.5, 0.5], seq_length=16, seed=3, split="1,0,0", num_samples=sizes,
+                              cache_dir=tmp_path / str(attempt))
+        assert_same(ours, theirs, samples=[*range(0, len(ours), 997), len(ours) - 1])
+        assert not list((tmp_path / str(attempt)).glob("*.tmp"))
+
+
 def test_index_functions_equal_megatron_helpers():
     from megatron.core.datasets import helpers
     from megatron.core.datasets.blended_megatron_dataset_config import (
@@ -304,23 +318,62 @@ def test_finish_on_tensors_equals_finish_on_numpy(corpora, tmp_path, flags):
         assert on_cpu[key].dtype == as_tensors[key].dtype and torch.equal(on_cpu[key], as_tensors[key]), key
 
 
-def test_blend_per_split_equals_megatrons(corpora, megatron, tmp_path):
-    """Megatron's blend_per_split: each split its own blend of whole datasets."""
+def megatron_per_split(blends, sizes, seq_length, seed, cache):
+    """Megatron-Core's [train, valid, test] datasets for blend_per_split `blends`."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     class Tokenizer:
         eod, vocab_size, unique_identifiers = EOD, 50257, {"class": "gpt2"}
 
+    config = GPTDatasetConfig(random_seed=seed, sequence_length=seq_length, blend_per_split=blends, tokenizer=Tokenizer(),
+                              path_to_cache=str(cache), reset_position_ids=False, reset_attention_mask=False,
+                              eod_mask_loss=False)
+    return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+
+
+def test_blend_per_split_equals_megatrons(corpora, megatron, tmp_path):
+    """Megatron's blend_per_split: each split its own blend of whole datasets."""
     a, b = corpora
     (pa,), pb = dataset_prefixes(load(a)), dataset_prefixes(load(b))
     blends = [([pa, pb[0], pb[1]], [0.6, 0.3, 0.1]), ([pb[2]], None), ([pa, pb[2]], [0.5, 0.5])]
     sizes = [700, None, 90]
-    config = GPTDatasetConfig(random_seed=7, sequence_length=96, blend_per_split=blends, tokenizer=Tokenizer(),
-                              path_to_cache=str(tmp_path / "megatron"), reset_position_ids=False, reset_attention_mask=False,
-                              eod_mask_loss=False)
-    theirs = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    theirs = megatron_per_split(blends, sizes, 96, 7, tmp_path / "megatron")
     ours = gpt.GPTDataset.per_split([blends[0], blends[1][0], blends[2]], seq_length=96, num_samples=sizes, seed=7, eod_id=EOD,
                                     cache_dir=tmp_path / "ours")
     for mine, reference in zip(ours, theirs):
         assert_same(mine, reference, samples=range(0, len(mine), 7))
+
+
+def test_per_split_blend_of_one_weighted_prefix_is_megatrons_plain_dataset(corpora, megatron, tmp_path):
+    """blend_per_split ignores a lone prefix's weight: a plain GPTDataset of num_samples (no
+    surplus, no BlendedDataset), where the weighted `blend` of one prefix is a BlendedDataset."""
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+
+    a, b = corpora
+    (pa,), pb = dataset_prefixes(load(a)), dataset_prefixes(load(b))
+    blends = [([pa], [1.0]), ([pb[1]], [0.4]), ([pa, pb[2]], [0.5, 0.5])]
+    sizes = [3250, 100, 90]
+    theirs = megatron_per_split(blends, sizes, 64, 5, tmp_path / "megatron")
+    assert [type(t) is BlendedDataset for t in theirs] == [False, False, True]
+    ours = gpt.GPTDataset.per_split(blends, seq_length=64, num_samples=sizes, seed=5, eod_id=EOD, cache_dir=tmp_path / "ours")
+    assert [d.blended for d in ours] == [False, False, True]
+    for mine, reference in zip(ours, theirs):
+        assert_same(mine, reference, samples=range(0, len(mine), 5))
+    with pytest.raises(ValueError, match="need num_samples"):  # Megatron asserts the same
+        gpt.GPTDataset.per_split([blends[0], None, None], seq_length=64, num_samples=[None, None, None], eod_id=EOD,
+                                 cache_dir=tmp_path / "ours")
+
+
+def test_blend_of_one_weighted_prefix_equals_megatrons_blend_of_one(corpora, megatron, tmp_path):
+    """Megatron's `blend` (not per split) with one prefix and a weight: a BlendedDataset over a
+    mid-level dataset with the surplus, in every split."""
+    from megatron.core.datasets.blended_dataset import BlendedDataset
+
+    a, _ = corpora
+    sizes = [3250, 100, 10]
+    theirs = megatron(dataset_prefixes(load(a)), [1.0], sizes, 64, 5)
+    ours = gpt.GPTDataset(a, [1.0], seq_length=64, seed=5, split=SPLIT, num_samples=sizes, cache_dir=tmp_path).splits()
+    for mine, reference in zip(ours, theirs):
+        assert type(reference) is BlendedDataset and mine.blended
+        assert_same(mine, reference, samples=range(0, len(mine), 5))

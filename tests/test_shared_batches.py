@@ -1,4 +1,5 @@
-"""loaders.dataloader.SharedBatches: forked workers writing batches into shared memory."""
+"""loaders.dataloader: SharedBatches (forked workers writing batches into shared memory) and
+ResumableSampler's rank shards against torch's DistributedSampler."""
 
 import os
 import time
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from loaders.dataloader import SharedBatches
+from loaders.dataloader import ResumableSampler, SharedBatches
 
 SHAPES = {"x": ((3, 5), np.int64), "flag": ((3,), bool), "id": ((3,), np.int16)}
 
@@ -77,3 +78,34 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_sampler_shards_equal_distributed_samplers_with_more_ranks_than_indices(drop_last):
+    """Every rank gets len(sampler) indices, as torch's DistributedSampler lays them out, even
+    when the order must be repeated several times to reach the world size."""
+    from torch.utils.data import DistributedSampler
+
+    for length in range(1, 7):
+        for world in range(1, 14):
+            ours = [ResumableSampler(length, r, world, shuffle=False, drop_last=drop_last) for r in range(world)]
+            theirs = [DistributedSampler(range(length), world, r, shuffle=False, drop_last=drop_last) for r in range(world)]
+            for mine, reference in zip(ours, theirs):
+                assert len(mine) == len(reference) and list(mine) == list(reference), (length, world)
+            if not drop_last:
+                assert {i for sampler in ours for i in sampler} == set(range(length))
+
+
+def test_sampler_resumes_exactly_when_its_order_is_repeated():
+    sampler = ResumableSampler(3, rank=5, world_size=8, seed=2)  # 3 indices repeated to 8 ranks
+    first = list(sampler)
+    assert len(first) == len(sampler) == 1 and sampler.state_dict()["epoch"] == 1
+    resumed = ResumableSampler(3, rank=5, world_size=8, seed=2)
+    resumed.load_state_dict(sampler.state_dict())
+    assert list(resumed) == list(sampler)  # both give epoch 1's index
+    longer = ResumableSampler(5, rank=1, world_size=3, seed=2)  # 5 indices padded to 6: two per rank
+    head = next(iter(longer))
+    state = longer.state_dict()
+    again = ResumableSampler(5, rank=1, world_size=3, seed=2)
+    again.load_state_dict(state)
+    assert [head, *again] == list(ResumableSampler(5, rank=1, world_size=3, seed=2))
