@@ -155,3 +155,64 @@ def test_captions_from_a_column_of_a_local_dataset(tmp_path, tiny_flux):
                       "--captions", tmp_path / "caps.parquet", "--caption-column", "prompt_en", check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'caps.parquet'}: no column 'file_name' (columns: path, prompt_en, extra)"
+
+
+def test_media_listing_passes_over_hidden_files_and_reads_a_file_once(tmp_path):
+    """Dot-files (macOS ._ AppleDouble, .git/) are no media; a file reached through a symlinked
+    folder, or named twice, is one item under its first path."""
+    from prep.latents import media
+
+    inputs = tmp_path / "in"
+    (inputs / ".git").mkdir(parents=True)
+    (inputs / "a.png").write_bytes((IMAGES / "coffee.png").read_bytes())
+    (inputs / "._a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (inputs / ".git" / "x.png").write_bytes((IMAGES / "coffee.png").read_bytes())
+    (tmp_path / "link").symlink_to(inputs)
+    assert media.list_media([str(inputs), str(tmp_path / "link"), str(inputs / "a.png")], video=False) == [inputs / "a.png"]
+
+
+def test_captions_a_byte_order_mark_and_a_conflicting_duplicate(tmp_path):
+    from prep.errors import BadRecord
+    from prep.latents import media
+
+    image = tmp_path / "d.png"
+    image.write_bytes((IMAGES / "coffee.png").read_bytes())
+    image.with_suffix(".txt").write_bytes("\ufeffa red cup\n".encode())  # as Notepad saves UTF-8
+    assert media.find_captions([image]) == {str(image): "a red cup"}
+    image.with_suffix(".txt").unlink()
+    lines = ['{"file_name": "d.png", "text": "first"}', '{"file_name": "d.png", "text": "first"}']
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
+    assert media.find_captions([image]) == {str(image): "first"}  # the same caption twice is one caption
+    (tmp_path / "captions.jsonl").write_text("\n".join(lines[:1] + ['{"file_name": "d.png", "text": "second"}']) + "\n")
+    with pytest.raises(BadRecord, match=r"captions.jsonl:2: a second, different caption for 'd.png'"):
+        media.find_captions([image])
+
+
+def test_an_image_over_the_pixel_limit_is_undecodable_before_it_is_loaded(tmp_path, monkeypatch):
+    from prep.latents import buckets, media
+
+    table = buckets.bucket_table(256 * 256, 64)
+    monkeypatch.setattr(media, "MAX_IMAGE_PIXELS", 100 * 100)  # a real 268 MP image is too heavy for CI
+    Image.new("RGB", (101, 100)).save(tmp_path / "big.png")
+    decoded = media.decode((0, str(tmp_path / "big.png"), False, table, None, False))
+    assert decoded["error"] == "undecodable image (ValueError: 101x100 is over the 0 MP limit)"
+    Image.new("RGB", (100, 100)).save(tmp_path / "ok.png")
+    assert "error" not in media.decode((0, str(tmp_path / "ok.png"), False, table, None, False))
+
+
+def test_an_audio_only_file_is_undecodable_for_want_of_a_video_stream(tmp_path):
+    import av
+
+    from prep.latents import buckets, media
+
+    with av.open(str(tmp_path / "a.mp4"), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    decoded = media.decode((0, str(tmp_path / "a.mp4"), True, buckets.bucket_table(256 * 256, 16), 5, True))
+    assert decoded["error"] == "undecodable video (ValueError: no video stream)"

@@ -202,3 +202,7 @@ def test_an_empty_caption_is_a_bad_item_unless_allowed(tmp_path, tiny_flux):
     assert manifest["stats"]["skipped"] == {"empty caption": 1} and manifest["stats"]["items"] == 1
     latents_cli(folder, "-o", tmp_path / "kept", "--model", tiny_flux, *OPTIONS, "--allow-empty-captions")
     assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["stats"]["items"] == 2
+    # the skipping cache rerun keeping empty captions would hold another item set: refused, not "complete"
+    rerun = latents_cli(folder, "-o", tmp_path / "skip", "--model", tiny_flux, *OPTIONS, "--skip-invalid",
+                        "--allow-empty-captions", check=False)
+    assert rerun.returncode == 2 and "other weights or settings" in rerun.stderr

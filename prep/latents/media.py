@@ -24,20 +24,25 @@ CAPTION_KEYS = ("text", "caption", "prompt")
 def list_media(inputs: list[str], video: bool) -> list[Path]:
     """Media files under INPUTs (files or folders, recursively), sorted, of the stage's kind."""
     extensions = VIDEO_EXTENSIONS if video else IMAGE_EXTENSIONS
-    found: set[Path] = set()
+    found: list[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            for root, _, files in os.walk(path):
-                found.update(Path(root, f).absolute() for f in files if Path(f).suffix.lower() in extensions)
+            for root, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]  # .git, macOS ._ AppleDouble files: no media
+                found += [Path(root, f).absolute() for f in files if not f.startswith(".") and Path(f).suffix.lower() in extensions]
         elif path.is_file():
-            found.add(path.absolute())
+            found.append(path.absolute())
         else:
             raise PrepError(f"{text}: no such file or folder")
     if not found:
         kind = "video" if video else "image"
         raise PrepError(f"no {kind} files ({', '.join(sorted(extensions))}) under {', '.join(inputs)}")
-    return sorted(found)
+    # A file reached twice (a symlinked folder, a file named twice) is one item, under its first path.
+    first: dict[Path, Path] = {}
+    for file in sorted(found):
+        first.setdefault(file.resolve(), file)
+    return sorted(first.values())
 
 
 def _caption_index(folder: Path, cache: dict) -> dict[str, str]:
@@ -70,7 +75,9 @@ def dataset_captions(source: str, file_column: str = "file_name", caption_column
                     if not isinstance(name, str) or not isinstance(text, str):
                         wanted = column or " or ".join(CAPTION_KEYS)
                         raise BadRecord(str(path), locate(j), f"expected strings under {file_column!r} and {wanted!r}")
-                    index.setdefault(str(Path(name)), text)
+                    key = str(Path(name))
+                    if index.setdefault(key, text) != text:
+                        raise BadRecord(str(path), locate(j), f"a second, different caption for {name!r}")
     return index
 
 
@@ -87,7 +94,7 @@ def find_captions(files: list[Path], captions: str | None = None, file_column: s
         sidecar = file.with_suffix(".txt")
         if sidecar.exists():
             try:
-                found[str(file)] = sidecar.read_text(encoding="utf-8").strip()
+                found[str(file)] = sidecar.read_text(encoding="utf-8-sig").strip()  # -sig: Notepad's byte order mark
             except UnicodeDecodeError as exc:
                 raise BadRecord(str(sidecar), None, f"caption is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                                                     "re-save it as UTF-8") from None
@@ -136,6 +143,8 @@ def decode_image(path: str, table: list[Bucket]) -> dict:
     from PIL import Image
 
     with Image.open(path) as image:
+        if image.width * image.height > MAX_IMAGE_PIXELS:  # Pillow itself only refuses twice as many
+            raise ValueError(f"{image.width}x{image.height} is over the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit")
         image.load()
         rgb = _to_rgb(image)
     height, width = rgb.shape[:2]
@@ -172,6 +181,8 @@ def _count_frames(path: str) -> int:
     import av
 
     with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
         stream = container.streams.video[0]
         return sum(1 for packet in container.demux(stream) if packet.size)
 

@@ -5,8 +5,10 @@
   one encoder process per device encodes batches of one bucket. Batches are formed from the
   unit's item order alone, so their composition never depends on timing. Each batch's files are
   written under temporary names and renamed, then the batch is appended to the unit's journal
-  (fsync): a resumed unit skips journaled batches, so no item is encoded twice and the batches
-  it still runs are the ones an uninterrupted run would have run. A finished unit gets a
+  (fsync), the batch's commit point: a resumed unit skips journaled batches, so no committed
+  item is encoded again (a batch killed between its file renames and its journal line is run
+  again whole, rewriting the same files), and the batches it still runs are the ones an
+  uninterrupted run would have run. A finished unit gets a
   done-record. Units go to encoder processes from a shared queue (work stealing); a Slurm
   array task takes its round-robin slice of the units.
 - finalize: the metadata shards and metadata.json in AutoModel's layout (items in plan order,
@@ -115,6 +117,7 @@ def _settings(config: LatentsConfig, family, encoders: dict, table: list[buckets
                    "four_n_plus_one": family.four_n_plus_one} if family.video else None,
         "tool": {"name": "prep", "version": __version__},
         **({"vae_tiling": VAE_TILING} if config.vae_tiling else {}),  # only when on: older caches keep their fingerprint
+        **({"empty_captions": "kept"} if config.allow_empty_captions else {}),  # which items the cache holds
     }
 
 
