@@ -179,7 +179,9 @@ def test_captions_a_byte_order_mark_and_a_conflicting_duplicate(tmp_path):
     image.write_bytes((IMAGES / "coffee.png").read_bytes())
     image.with_suffix(".txt").write_bytes("\ufeffa red cup\n".encode())  # as Notepad saves UTF-8
     assert media.find_captions([image]) == {str(image): "a red cup"}
-    image.with_suffix(".txt").unlink()
+    image.with_suffix(".txt").rename(image.with_suffix(".TXT"))  # as cameras and old Windows tools name them
+    assert media.find_captions([image]) == {str(image): "a red cup"}
+    image.with_suffix(".TXT").unlink()
     lines = ['{"file_name": "d.png", "text": "first"}', '{"file_name": "d.png", "text": "first"}']
     (tmp_path / "captions.jsonl").write_text("\n".join(lines) + "\n")
     assert media.find_captions([image]) == {str(image): "first"}  # the same caption twice is one caption
@@ -216,3 +218,13 @@ def test_an_audio_only_file_is_undecodable_for_want_of_a_video_stream(tmp_path):
             container.mux(packet)
     decoded = media.decode((0, str(tmp_path / "a.mp4"), True, buckets.bucket_table(256 * 256, 16), 5, True))
     assert decoded["error"] == "undecodable video (ValueError: no video stream)"
+
+
+def test_relative_arguments_are_recorded_as_absolute_paths(tmp_path, tiny_flux, monkeypatch):
+    captioned_copies(tmp_path / "in", [IMAGES / "coffee.png"])
+    (tmp_path / "model").symlink_to(tiny_flux)
+    monkeypatch.chdir(tmp_path)
+    latents_cli("in", "-o", "out", "--family", "flux", "--model", "model", "--preset", "256p")
+    assert json.loads((tmp_path / "out" / "metadata.json").read_text())["model_name"] == str(tmp_path / "model")
+    config = json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]
+    assert config["inputs"] == [str(tmp_path / "in")] and config["model"] == str(tmp_path / "model")

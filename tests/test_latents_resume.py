@@ -150,6 +150,11 @@ def test_verify_flags_a_broken_metadata_json_and_stray_item_files(tmp_path, refe
     shutil.copyfile(item, item.with_name("left-over.pt"))
     problems = verify(out)
     assert len(problems) == 1 and "left-over.pt" in problems[0] and "no metadata shard lists" in problems[0]
+    item.with_name("left-over.pt").unlink()
+    (out / "4096x4096").mkdir()  # a bucket folder this cache does not use
+    shutil.copyfile(item, out / "4096x4096" / "other.pt")
+    problems = verify(out)
+    assert len(problems) == 1 and "4096x4096/other.pt" in problems[0]
 
 
 def test_a_second_run_into_a_busy_cache_stops_with_one_line(tmp_path, inputs, tiny_flux):

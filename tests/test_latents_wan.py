@@ -131,3 +131,28 @@ def test_undecodable_video_stops_with_one_line_error(tmp_path, tiny_wan):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {inputs / 'zz_broken.mp4'}: undecodable video") and "--skip-invalid" in last
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_cut_video_is_undecodable_not_padded_with_repeated_frames(tmp_path):
+    """A download cut in half (moov first, so it opens): 40 frames in its header, 17 decode. It is
+    a bad item, where repeating the 17 to fill --frames would make a slowed-down clip."""
+    import av
+
+    from prep.latents import buckets, media
+
+    rng = np.random.default_rng(0)
+    with av.open(str(tmp_path / "full.mp4"), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for _ in range(40):
+            frame = av.VideoFrame.from_ndarray((rng.random((48, 64, 3)) * 255).astype(np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = (tmp_path / "full.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) // 2])
+    table = buckets.bucket_table(256 * 256, 16)
+    assert "error" not in media.decode((0, str(tmp_path / "full.mp4"), True, table, 33, True))
+    error = media.decode((0, str(tmp_path / "cut.mp4"), True, table, 33, True))["error"]
+    assert error.startswith("undecodable video (ValueError: truncated") or error.startswith("undecodable video (ValueError: damaged")

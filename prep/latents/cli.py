@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -86,10 +87,11 @@ def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixel
     started = time.time()
     if not (model or vae):
         raise PrepError("--model DIR (a diffusers-layout folder) or --vae DIR with --text-encoder DIR is required")
-    config = stage.LatentsConfig(inputs=list(inputs), output=output, family=family, model=model, vae=vae,
-                                 text_encoders=list(text_encoders), preset=None if max_pixels else preset, max_pixels=max_pixels,
+    absolute = lambda path: path and os.path.abspath(path)  # noqa: E731  metadata and manifest hold absolute paths
+    config = stage.LatentsConfig(inputs=[absolute(i) for i in inputs], output=output, family=family, model=absolute(model),
+                                 vae=absolute(vae), text_encoders=[absolute(t) for t in text_encoders], preset=None if max_pixels else preset, max_pixels=max_pixels,
                                  frames=frames, device=device, precision=precision, deterministic=deterministic, seed=seed,
-                                 batch_size=batch_size, unit_items=unit_items, decode_workers=decode_workers, captions=captions,
+                                 batch_size=batch_size, unit_items=unit_items, decode_workers=decode_workers, captions=absolute(captions),
                                  file_column=file_column, caption_column=caption_column, caption_fallback=caption_fallback,
                                  vae_tiling=vae_tiling, allow_empty_captions=allow_empty_captions, skip_invalid=skip_invalid)
     task_id, tasks = plan.parse_task(task)

@@ -91,8 +91,8 @@ def find_captions(files: list[Path], captions: str | None = None, file_column: s
     cache: dict = {}
     found = {}
     for file in files:
-        sidecar = file.with_suffix(".txt")
-        if sidecar.exists():
+        sidecar = next((s for s in (file.with_suffix(".txt"), file.with_suffix(".TXT")) if s.exists()), None)
+        if sidecar is not None:
             try:
                 found[str(file)] = sidecar.read_text(encoding="utf-8-sig").strip()  # -sig: Notepad's byte order mark
             except UnicodeDecodeError as exc:
@@ -184,7 +184,16 @@ def _count_frames(path: str) -> int:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        count = sum(1 for packet in container.demux(stream) if packet.size)
+        declared = stream.frames  # 0 where the container keeps no count (mkv, webm)
+    if declared and count < declared - _spare(declared):  # a cut download: its header promises more
+        raise ValueError(f"truncated: {count} of the {declared} frames its header lists")
+    return count
+
+
+def _spare(frames: int) -> int:
+    """Frames a sound file may lack against its count (edit lists, a last broken packet)."""
+    return max(2, frames // 20)
 
 
 def _decoded_frames(path: str, keep: set[int]):
@@ -217,9 +226,12 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
     wanted = set(indices.tolist())
     got = dict(_decoded_frames(path, wanted))
     if len(got) < len(wanted):  # fewer decodable frames than packets: resample over what decodes
-        total = len(dict(_decoded_frames(path, set(range(total)))))
-        if total == 0:
+        decodable = len(dict(_decoded_frames(path, set(range(total)))))
+        if decodable == 0:
             raise ValueError("no decodable video frames")
+        if decodable < total - _spare(total):  # damaged, not a stray bad packet: never padded out silently
+            raise ValueError(f"damaged: {decodable} of its {total} frames decode")
+        total = decodable
         indices = sample_indices(total, count)
         got = dict(_decoded_frames(path, set(indices.tolist())))
     height, width = next(iter(got.values())).shape[:2]
