@@ -77,6 +77,8 @@ def parse_task(text: str | None) -> tuple[int, int]:
         tasks = int(os.environ.get("SLURM_ARRAY_TASK_COUNT", "1"))
     else:
         return 0, 1
+    if tasks < 1:
+        raise PrepError(f"--task {task}/{tasks}: N is the number of tasks, at least 1")
     if not 0 <= task < tasks:
         raise PrepError(f"task {task} is outside 0..{tasks - 1}")
     return task, tasks

@@ -172,9 +172,10 @@ def _clear_outputs(out: Path) -> None:
     try:
         old = load_manifest(out)
         for dataset in old["datasets"].values():
-            for shard in dataset["shards"]:
-                for f in (shard["bin"]["path"], shard["idx"]["path"]):
-                    (out / f).unlink(missing_ok=True)
+            for shard in dataset["shards"]:  # Megatron: bin + idx; NanoGPT: bin (+ bos_idx)
+                for entry in (shard.get("bin"), shard.get("idx"), shard.get("bos_idx")):
+                    if entry:
+                        (out / entry["path"]).unlink(missing_ok=True)
     except (ManifestError, KeyError, json.JSONDecodeError):
         pass
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -233,7 +234,7 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         if config.unit_bytes is None:  # keep the unit size the run started with
             plan = make_plan(config.inputs, saved["unit_bytes"])
         if saved != plan:
-            raise PrepError(f"{out}: the inputs changed since this output was started (files, sizes or modification times differ); "
+            raise PrepError(f"{out}: the inputs or --unit-size changed since this output was started (files, sizes, modification times or units differ); "
                             "restore them, or pass --overwrite to start again")
     else:
         write_json_atomic(plan_file, plan)
@@ -292,7 +293,8 @@ def _run_units(job: dict, units: list[Unit], workers: int, progress: bool, log, 
         reference = ReferenceIds(tokenizer_json, job["split_special_tokens"], probe_texts(tokenizer_json, sample))
     encoder, note = load_encoder(tokenizer_json, job["backend"], job["split_special_tokens"])
     workers = max(1, min(workers, len(pending)))
-    log(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)")
+    # on stdout with the summary: stderr keeps to warnings and, on bad input, the one error line
+    print(f"tokenizer: {note}; dtype {job['dtype']}; {workers} worker(s)", flush=True)
     if encoder.backend == "hf" and reference is not None:
         reference.close()
     probe = None if encoder.backend == "hf" else (lambda: probe_mismatch(encoder, sample, reference))

@@ -16,6 +16,7 @@ import multiprocessing as mp
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -242,6 +243,8 @@ class ReferenceIds:
             return reference_ids(*self.args)
         try:
             return self._future.result()
+        except BrokenProcessPool:  # the helper process died (killed, out of memory): compute them here
+            return reference_ids(*self.args)
         finally:
             self.close()
 

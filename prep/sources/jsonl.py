@@ -159,7 +159,9 @@ def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects,
             except orjson.JSONDecodeError as exc:
                 if not line.strip():
                     continue
-                reason = f"malformed JSON ({exc.args[0] if exc.args else exc})"
+                detail = str(exc.args[0] if exc.args else exc)
+                # orjson names bad bytes "str is not valid UTF-8: surrogates not allowed"
+                reason = f"malformed JSON ({'not valid UTF-8' if 'UTF-8' in detail else detail})"
             else:
                 if type(record) is dict:
                     records.append(record)

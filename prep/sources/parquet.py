@@ -17,7 +17,10 @@ def _open(path: Path) -> pq.ParquetFile:
 
 
 def plan(path: Path, kind: str, unit_bytes: int) -> list[tuple[int, int]]:
-    meta = _open(path).metadata
+    try:
+        meta = _open(path).metadata
+    except BadRecord:  # one unit whose read reports it: stops the run, or is skipped and counted
+        return [(0, 0)]
     units, first, size = [], 0, 0
     for group in range(meta.num_row_groups):
         size += meta.row_group(group).total_byte_size
@@ -36,12 +39,26 @@ def check_columns(path: Path, names: list[str], keys: list[str] | None) -> None:
 
 
 def read(path: Path, kind: str, start: int, stop: int, keys: list[str], rejects, batch_bytes: int):
-    """Batches (records, locate): `locate(j)` is the 1-based row number in the file."""
-    file = _open(path)
+    """Batches (records, locate): `locate(j)` is the 1-based row number in the file. An unreadable
+    file or row group is a bad record (at its first row): the run stops, or with --skip-invalid
+    the rest of the unit is skipped and counted."""
+    try:
+        file = _open(path)
+    except BadRecord as exc:
+        rejects.add(path, None, exc.reason)
+        return
     check_columns(path, file.schema_arrow.names, keys)
     first_row = sum(file.metadata.row_group(g).num_rows for g in range(start))
     rows = 0
-    for batch in file.iter_batches(batch_size=8192, row_groups=list(range(start, stop)), columns=keys):
+    batches = file.iter_batches(batch_size=8192, row_groups=list(range(start, stop)), columns=keys)
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as exc:  # a damaged page: pyarrow raises OSError or ArrowException
+            rejects.add(path, first_row + rows + 1, f"unreadable Parquet data ({exc})")
+            return
+        if batch is None:
+            return
         base = first_row + rows
         rows += batch.num_rows
         yield batch.to_pylist(), lambda j, base=base: base + j + 1
