@@ -62,3 +62,18 @@ def test_legacy_header_refuses_a_vocabulary_over_uint16(tmp_path, corpus):
     result = prep("tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "llama3", "--format", "nanogpt",
                   "--nanogpt-header", "legacy", check=False)
     assert result.returncode == 2 and "uint16" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_overwrite_leaves_only_the_new_shards(tmp_path, corpus):
+    """--overwrite removes the earlier output's shards and .bos.idx files, NanoGPT's as Megatron's:
+    loaders that glob text_*.bin must not find stale ones."""
+    out = tmp_path / "out"
+    args = ["tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "smollm2-135m-instruct", "--format", "nanogpt"]
+    prep(*args, "--shard-tokens", "100k")
+    assert len(list(out.glob("text_*.bin"))) > 2
+    prep(*args, "--shard-tokens", "100M", "--overwrite")
+    manifest = json.loads((out / "manifest.json").read_text())
+    listed = {e["path"] for s in manifest["datasets"]["text"]["shards"] for e in (s["bin"], s.get("bos_idx")) if e}
+    assert {p.name for p in out.iterdir()} == listed | {"manifest.json"}
+    prep("tokenize", corpus, "-o", out, "--tokenizer", TOKENIZERS / "smollm2-135m-instruct", "--overwrite")  # to megatron
+    assert {p.name for p in out.iterdir()} == {"text_document.bin", "text_document.idx", "manifest.json"}
