@@ -66,12 +66,23 @@ class StageCommand(click.Command):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted() from None
         except OSError as exc:
             if exc.errno not in _ENVIRONMENT:
                 raise
             where = exc.filename or ctx.params.get("output") or ctx.params.get("outputs") or "the output"
             raise PrepError(f"{where}: {exc.strerror}; {_ENVIRONMENT[exc.errno]} and rerun the same command: "
                             "it resumes") from None
+
+
+class Interrupted(PrepError):
+    """Ctrl-C: the shell's exit code for SIGINT, and how to go on."""
+
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__("interrupted; what was committed is kept: rerun the same command to resume")
 
 
 class StageGroup(click.Group):

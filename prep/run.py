@@ -27,7 +27,7 @@ from prep import sources
 from prep.config import TokenizeConfig, tokenize_fingerprint
 from prep.errors import BadRecord, PrepError, Rejects
 from prep.pack import plan_packs
-from prep.plan import (WORKDIR, claim_output, clear_workdir, Unit, done_path, load_done, make_plan, stop_pool, units_of,
+from prep.plan import (WORKDIR, claim_output, clear_workdir, die_with_parent, Unit, done_path, load_done, make_plan, stop_pool, units_of,
                        write_json_atomic)
 from prep.recipes.chat import BadConversation
 from prep.recipes.sft import SFTOptions, SFTRecipe
@@ -44,6 +44,9 @@ _STATE: dict = {}  # the job and the loaded encoder; forked workers inherit it
 
 
 def _init_worker(state: dict | None) -> None:
+    # Ctrl-C is the main process's to handle (it stops the workers); a worker dies with it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
     # One process per core: each backend single-threaded, as nested thread pools don't scale.
     os.environ["RAYON_NUM_THREADS"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -234,7 +237,7 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
         if config.unit_bytes is None:  # keep the unit size the run started with
             plan = make_plan(config.inputs, saved["unit_bytes"])
         if saved != plan:
-            raise PrepError(f"{out}: the inputs or --unit-size changed since this output was started (files, sizes, modification times or units differ); "
+            raise PrepError(f"{out}: the inputs changed since this output was started, or --unit-size did (files, sizes, modification times or units differ); "
                             "restore them, or pass --overwrite to start again")
     else:
         write_json_atomic(plan_file, plan)

@@ -90,6 +90,26 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_space
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+def test_ctrl_c_stops_at_once_with_one_line_and_the_run_resumes(tmp_path, slow_corpus):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: exit 130 within
+    seconds, one line, no worker left running; the same command then completes."""
+    args = ["tokenize", slow_corpus, "--tokenizer", TOKENIZERS / "gpt2", "--backend", "hf", "--unit-size", "256k", "--workers", "2"]
+    prep(*args, "-o", tmp_path / "clean")
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "prep.cli", *map(str, args), "-o", str(out)], cwd=ROOT,
+                               start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.0)
+    assert process.poll() is None, "the run finished before it could be interrupted; make the corpus larger"
+    os.killpg(process.pid, signal.SIGINT)
+    started = time.time()
+    _, stderr = process.communicate(timeout=60)  # EOF on the pipes: every worker has let go of them
+    assert time.time() - started < 15
+    assert process.returncode == 130 and stderr.strip().splitlines() == [
+        "error: interrupted; what was committed is kept: rerun the same command to resume"]
+    prep(*args, "-o", out)
+    assert read_bytes(out) == read_bytes(tmp_path / "clean")
+
+
 def test_kill_mid_finalize_then_rerun_gives_same_bytes(tmp_path, corpus):
     args = ["tokenize", corpus, "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k"]
     prep(*args, "-o", tmp_path / "clean")
