@@ -522,7 +522,10 @@ class GPTDataset(torch.utils.data.Dataset):
         self.eod_id = eod_id if eod_id is not None else (tokenizer or {}).get("eod_id")
         if self.eod_id is None:
             raise ValueError(f"{paths}: no manifest names the EOD token; pass eod_id")
-        self.pad_id = pad_id if pad_id is not None else megatron_pad_id(tokenizer)
+        if pad_id is not None:  # Megatron's rule for the tokenizer's pad holds for a given one too
+            special = {**dict((tokenizer or {}).get("special_ids") or {}), "eod": self.eod_id}
+            tokenizer = {"special_ids": {**special, "pad": pad_id}}
+        self.pad_id = megatron_pad_id(tokenizer)
         size = num_samples[split_index] if isinstance(num_samples, (list, tuple)) else num_samples
         cache_dir = Path(cache_dir) if cache_dir else None
 

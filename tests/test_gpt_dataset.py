@@ -51,11 +51,15 @@ def megatron(tmp_path_factory):
     torch.distributed.init_process_group("gloo", init_method=f"file://{root / 'store'}", rank=0, world_size=1)
     caches = itertools.count()
 
-    def build(prefixes, weights, sizes, seq_length, seed, split=SPLIT, **flags):
+    class PaddingTokenizer(Tokenizer):
+        pad = EOD  # a pad id that is another special token's: Megatron pads with -1 instead
+
+    def build(prefixes, weights, sizes, seq_length, seed, split=SPLIT, pad_is_eod=False, **flags):
         flags = {"reset_position_ids": False, "reset_attention_mask": False, "eod_mask_loss": False, **flags}
         # A fresh cache per build: Megatron's cache key leaves out options such as add_extra_token_to_sequence.
         config = GPTDatasetConfig(random_seed=seed, sequence_length=seq_length, blend=(prefixes, weights), split=split,
-                                  tokenizer=Tokenizer(), path_to_cache=str(root / f"cache{next(caches)}"), **flags)
+                                  tokenizer=PaddingTokenizer() if pad_is_eod else Tokenizer(),
+                                  path_to_cache=str(root / f"cache{next(caches)}"), **flags)
         return BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
 
     yield build
@@ -377,3 +381,14 @@ def test_blend_of_one_weighted_prefix_equals_megatrons_blend_of_one(corpora, meg
     for mine, reference in zip(ours, theirs):
         assert type(reference) is BlendedDataset and mine.blended
         assert_same(mine, reference, samples=range(0, len(mine), 5))
+
+
+def test_a_given_pad_id_equal_to_eod_is_ignored_as_megatron_ignores_it(corpora, megatron):
+    """Megatron resets a pad id that collides with another special token to -1 (EODs keep their
+    loss); a pad_id passed to GPTDataset follows the same rule."""
+    a, _ = corpora
+    sizes = [400, None, None]
+    theirs = megatron(dataset_prefixes(load(a)), None, sizes, 64, 5, "1,0,0", pad_is_eod=True)[0]
+    ours = gpt.GPTDataset(a, seq_length=64, seed=5, split="1,0,0", num_samples=sizes, pad_id=EOD)
+    assert ours.pad_id == theirs._pad_token_id == -1
+    assert_same(ours, theirs, range(0, 400, 7))
