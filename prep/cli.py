@@ -143,7 +143,7 @@ def _tokenize(config, overwrite: bool, task_id: int, tasks: int, workers: int, p
 
     output = config.output
     log = lambda message: click.echo(message, err=True)  # noqa: E731
-    job = run.prepare(config, overwrite, log)
+    job = run.prepare(config, overwrite, log, alone=tasks == 1)
     if job["complete"]:
         log(f"{output}: already complete (same configuration); nothing to do")
         _summary(json.loads((Path(output) / "manifest.json").read_text()), None, time.time() - started)

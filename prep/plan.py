@@ -84,9 +84,11 @@ def parse_task(text: str | None) -> tuple[int, int]:
     return task, tasks
 
 
-def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str, log) -> None:
+def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str, log, alone: bool = False) -> None:
     """Refuse an output folder holding work made under another fingerprint (finished, or a run in
-    progress) unless `overwrite`; with `overwrite`, `clear(out)` removes that earlier work."""
+    progress) unless `overwrite`; with `overwrite`, `clear(out)` removes that earlier work. A run
+    `alone` (the whole job, whose lock excludes every other task) also clears an earlier run that
+    committed nothing, such as one that stopped loading broken weights: there is nothing to keep."""
     from loaders.manifest import MANIFEST_NAME
 
     manifest, state = out / MANIFEST_NAME, out / WORKDIR / "job.json"
@@ -94,12 +96,23 @@ def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str,
     if source is None:
         return
     existing = json.loads(source.read_text()).get("fingerprint")
+    if existing != fingerprint and not overwrite and source is state and alone and not _committed(out / WORKDIR):
+        log(f"{out}: the earlier run here committed nothing; starting afresh")
+        clear(out)
+        return
     if existing != fingerprint and not overwrite:
         raise PrepError(f"{out}: holds {what} (fingerprint {existing}, now {fingerprint}); "
                         "rerun with the same options to resume, or pass --overwrite to replace it")
     if overwrite:
         log(f"--overwrite: removing the earlier output in {out}")
         clear(out)
+
+
+def _committed(workdir: Path) -> bool:
+    """Whether a run left any done-record or journaled batch."""
+    done = workdir / "done"
+    journals = (workdir / "journal").glob("*.jsonl") if (workdir / "journal").is_dir() else ()
+    return (done.is_dir() and any(done.iterdir())) or any(j.stat().st_size for j in journals)
 
 
 @contextlib.contextmanager

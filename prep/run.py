@@ -185,7 +185,7 @@ def _clear_outputs(out: Path) -> None:
     clear_workdir(out)
 
 
-def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
+def prepare(config: TokenizeConfig, overwrite: bool, log, alone: bool = False) -> dict:
     """Resolve the tokenizer, check fingerprints, write or check the plan. Returns the job state."""
     out = Path(config.output)
     spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
@@ -224,7 +224,7 @@ def prepare(config: TokenizeConfig, overwrite: bool, log) -> dict:
                               dtype.name, template if sft else None)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
-    claim_output(out, fp, overwrite, _clear_outputs, "output made with another configuration", log)
+    claim_output(out, fp, overwrite, _clear_outputs, "output made with another configuration", log, alone)
     if (out / MANIFEST_NAME).exists():
         return {"complete": True, "out": str(out)}
 

@@ -97,6 +97,23 @@ def test_a_decoder_that_dies_on_a_file_makes_that_file_a_bad_item(tmp_path, inpu
     assert manifest["stats"]["items"] == len(SOURCES) - 1 and verify(out) == []
 
 
+def test_a_run_that_committed_nothing_does_not_block_the_fixed_rerun(tmp_path, inputs, tiny_flux):
+    """Weights cut short (an unfinished download): the run stops before its first batch. With
+    the weights put right, the same command runs; it is not refused as 'other weights'."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_flux, model)
+    weights = next((model / "vae").glob("*.safetensors"))
+    good = weights.read_bytes()
+    weights.write_bytes(good[:1000])
+    out = tmp_path / "cache"
+    broken = latents_cli(inputs, "-o", out, "--model", model, *OPTIONS, check=False, env={"PYTHONUNBUFFERED": "1"})
+    assert broken.returncode != 0 and not (out / "manifest.json").exists()
+    weights.write_bytes(good)
+    fixed = latents_cli(inputs, "-o", out, "--model", model, *OPTIONS)
+    assert "committed nothing; starting afresh" in fixed.stderr and verify(out) == []
+    assert json.loads((out / "manifest.json").read_text())["stats"]["items"] == len(SOURCES)
+
+
 def test_other_weights_refused_on_resume_and_flagged_by_verify(tmp_path, inputs, tiny_flux, reference):
     model = tmp_path / "model"
     shutil.copytree(tiny_flux, model)

@@ -105,7 +105,7 @@ def _latents(config, overwrite: bool, task_id: int, tasks: int, progress: bool, 
     from prep.latents import stage
 
     output = config.output
-    job = stage.prepare(config, overwrite, stage.echo)
+    job = stage.prepare(config, overwrite, stage.echo, alone=tasks == 1)
     if job["complete"]:
         stage.echo(f"{output}: already complete (same models and settings); nothing to do")
         click.echo(stage.summary(json.loads((Path(job["out"]) / "manifest.json").read_text()), None, time.time() - started))

@@ -135,7 +135,7 @@ def _clear_outputs(out: Path) -> None:
     clear_workdir(out)
 
 
-def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
+def prepare(config: LatentsConfig, overwrite: bool, log, alone: bool = False) -> dict:
     """Resolve models, captions and buckets; check fingerprints; write or check the plan."""
     from prep.latents.families import family_class, resolve_components
 
@@ -183,7 +183,7 @@ def prepare(config: LatentsConfig, overwrite: bool, log) -> dict:
     fp = fingerprint_of(settings)
     workdir = out / WORKDIR
     state_file = workdir / "job.json"
-    claim_output(out, fp, overwrite, _clear_outputs, "a latent cache made with other weights or settings", log)
+    claim_output(out, fp, overwrite, _clear_outputs, "a latent cache made with other weights or settings", log, alone)
     inputs_digest = hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()
     if (out / MANIFEST_NAME).exists():
         made_from = load_manifest(out)["datasets"]["latents"].get("inputs_sha256")
