@@ -39,10 +39,13 @@ def window_starts(n_tokens: int, seq_len: int, bos_positions: np.ndarray | None 
 class NanoGPTDataset(torch.utils.data.Dataset):
     """`ds[i]` -> {"input_ids": int64[seq_len], "labels": int64[seq_len]}."""
 
-    def __init__(self, source: str | Path | list, seq_len: int, align_to_bos: bool = False, key: str = "text"):
+    def __init__(self, source: str | Path | list, seq_len: int, align_to_bos: bool = False, key: str = "text",
+                 bos_token: int | None = None):
+        """`source`: a prep output (its manifest), or a list of shard files; `bos_token` names BOS
+        for shards without a `.bos.idx` (found by a scan, as AutoModel's reader falls back to)."""
         self.seq_len = seq_len
         if isinstance(source, (list, tuple)):
-            self.files, bos_id = [str(p) for p in source], None
+            self.files, bos_id = [str(p) for p in source], bos_token
         else:
             m = manifest_mod.load(source)
             if m["format"] != "nanogpt":
@@ -52,10 +55,18 @@ class NanoGPTDataset(torch.utils.data.Dataset):
         if align_to_bos and bos_id is None and not isinstance(source, (list, tuple)):
             raise ValueError("align_to_bos needs shards written with BOS (prep tokenize --format nanogpt --bos)")
         self.shards = [nanogpt.read_shard(f) for f in self.files]
-        starts = [window_starts(len(t), seq_len, nanogpt.read_bos_index(f) if align_to_bos else None)
+        starts = [window_starts(len(t), seq_len, self._bos_positions(f, t, bos_id) if align_to_bos else None)
                   for f, t in zip(self.files, self.shards)]
         self.shard_of = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(starts)] or [np.zeros(0, np.int32)])
         self.starts = np.concatenate(starts or [np.zeros(0, np.int64)])
+
+    @staticmethod
+    def _bos_positions(path: str, tokens: np.ndarray, bos_id: int | None) -> np.ndarray:
+        if nanogpt.bos_index_path(path).exists():
+            return nanogpt.read_bos_index(path)
+        if bos_id is None:
+            raise ValueError(f"{path}: no {nanogpt.bos_index_path(path).name} beside it; pass bos_token to find BOS by a scan")
+        return np.flatnonzero(np.asarray(tokens) == bos_id).astype(np.int32)
 
     def __len__(self) -> int:
         return len(self.starts)

@@ -1,6 +1,7 @@
 """loaders.nanogpt gives AutoModel's windows, splits them across ranks, and resumes exactly."""
 
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -30,6 +31,21 @@ def test_windows_equal_automodels_per_shard(shards, align):
     for i, sample in enumerate(expected):
         assert ours[i]["input_ids"].tolist() == sample["input_ids"]
         assert ours[i]["labels"].tolist() == sample["labels"]
+
+
+def test_shards_without_a_bos_index_are_aligned_by_a_scan_as_automodel_does(shards, tmp_path):
+    """Shard files from elsewhere (modded-nanogpt's have no .bos.idx): with bos_token, BOS is found
+    by a scan, as AutoModel's reader falls back to; without it, a one-line error."""
+    import shutil
+
+    files = []
+    for path in NanoGPTDataset(shards, seq_len=48).files[:2]:
+        files.append(shutil.copy(path, tmp_path / Path(path).name))  # the .bin alone
+    ours = NanoGPTDataset(files, seq_len=48, align_to_bos=True, bos_token=50256)
+    expected = [w for f in files for w in _one_pass(automodel.NanogptDataset([f], seq_len=48, bos_token=50256, align_to_bos=True), f, 48, True)]
+    assert [ours[i]["input_ids"].tolist() for i in range(len(ours))] == [w["input_ids"] for w in expected]
+    with pytest.raises(ValueError, match="pass bos_token"):
+        NanoGPTDataset(files, seq_len=48, align_to_bos=True)
 
 
 def _one_pass(dataset, path, seq_len, align):
