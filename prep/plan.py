@@ -96,11 +96,11 @@ def claim_output(out: Path, fingerprint: str, overwrite: bool, clear, what: str,
     if source is None:
         return
     existing = json.loads(source.read_text()).get("fingerprint")
-    if existing != fingerprint and not overwrite and source is state and alone and not _committed(out / WORKDIR):
-        log(f"{out}: the earlier run here committed nothing; starting afresh")
-        clear(out)
-        return
     if existing != fingerprint and not overwrite:
+        if source is state and alone and not _committed(out / WORKDIR):
+            log(f"{out}: the earlier run here committed nothing; starting afresh")
+            clear(out)
+            return
         raise PrepError(f"{out}: holds {what} (fingerprint {existing}, now {fingerprint}); "
                         "rerun with the same options to resume, or pass --overwrite to replace it")
     if overwrite:

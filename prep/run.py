@@ -367,12 +367,11 @@ def _run_pool(job, pending, workers, progress, totals, encoder, probe, tokenizer
             note = check()
             for future in as_completed(futures):
                 account(future.result())
-        except BrokenProcessPool:
+        except BaseException as exc:  # a dead worker, a bad record, a backend mismatch, Ctrl-C: the others stop now
             stop_pool(pool)
-            raise PrepError("a worker process died (killed, or out of memory?); the units finished so far are kept: "
-                            "rerun the same command to resume (with fewer --workers if memory is short)") from None
-        except BaseException:  # a bad record, a backend mismatch, Ctrl-C: the other workers stop now
-            stop_pool(pool)
+            if isinstance(exc, BrokenProcessPool):
+                raise PrepError("a worker process died (killed, or out of memory?); the units finished so far are kept: "
+                                "rerun the same command to resume (with fewer --workers if memory is short)") from None
             raise
         pool.shutdown()
         return note

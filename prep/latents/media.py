@@ -192,7 +192,7 @@ def _count_frames(path: str) -> int:
 
 
 def _spare(frames: int) -> int:
-    """Frames a sound file may lack against its count (edit lists, a last broken packet)."""
+    """Frames an intact video may lack against its count (edit lists, a last broken packet)."""
     return max(2, frames // 20)
 
 
