@@ -81,7 +81,7 @@ def main() -> None:
     print(f"ratio       chat / text throughput = {t_text / t_chat:.2f}")
 
     from loaders.formats.indexed import IndexedDataset
-    from prep.pack import plan_packs
+    from prep.tokenize.pack import plan_packs
 
     lengths = np.asarray(IndexedDataset(args.data / "sft_chat_out" / "tokens_document").sequence_lengths, np.int64)
     # a realistic mix at 8192: real sample lengths, scaled so the median is about 1k tokens

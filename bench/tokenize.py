@@ -88,7 +88,7 @@ def _file_slice(args) -> float:
 def file_to_ids(corpus: Path, tokenizer: str, workers: int) -> float:
     """Wall time of the reference the issue's throughput target names: one single-threaded
     process per core, each orjson + fastokens from its part of the file to ids."""
-    from prep.tokenizer import load_spec
+    from prep.tokenize.tokenizer import load_spec
 
     spec = load_spec(tokenizer)
     with mp.get_context("spawn").Pool(workers) as pool:
@@ -96,7 +96,7 @@ def file_to_ids(corpus: Path, tokenizer: str, workers: int) -> float:
 
 
 def tokenizer_limit(corpus: Path, tokenizer: str, workers: int) -> dict:
-    from prep.tokenizer import load_spec
+    from prep.tokenize.tokenizer import load_spec
 
     spec = load_spec(tokenizer)
     with mp.get_context("spawn").Pool(workers) as pool:

@@ -42,3 +42,9 @@ def dataset_prefixes(manifest: dict, key: str | None = None) -> list[str]:
         key = next(iter(datasets))
     root = Path(manifest["_dir"])
     return [str(root / shard["prefix"]) for shard in datasets[key]["shards"]]
+
+
+def encoders_of(manifest: dict) -> dict:
+    """A latent cache's VAE and text-encoder identities (weights hashes, settings): `encoders`,
+    or `tokenizer` in caches made before prep 0.1's stage-driver restructure."""
+    return manifest.get("encoders") or manifest.get("tokenizer") or {}

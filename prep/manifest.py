@@ -7,11 +7,14 @@ from pathlib import Path
 
 from loaders.manifest import MANIFEST_NAME, SCHEMA
 from prep import __version__
-from prep.plan import write_json_atomic
+from prep.pipeline.durable import write_json
 
 
-def build(kind: str, format: str, fingerprint: str, config: dict, tokenizer: dict, inputs: list[dict],
-          datasets: dict, stats: dict, timings: dict) -> dict:
+def build(kind: str, format: str, fingerprint: str, config: dict, tokenizer: dict | None, inputs: list[dict],
+          datasets: dict, stats: dict, timings: dict, encoders: dict | None = None) -> dict:
+    """The manifest of a finished output: `tokenizer` for token datasets, `encoders` (the VAE and
+    text encoders' identities and the encode settings) for latent caches."""
+    identity = {"tokenizer": tokenizer} if encoders is None else {"encoders": encoders}
     return {
         "schema": SCHEMA,
         "kind": kind,
@@ -19,7 +22,7 @@ def build(kind: str, format: str, fingerprint: str, config: dict, tokenizer: dic
         "tool": {"name": "prep", "version": __version__},
         "fingerprint": fingerprint,
         "config": config,
-        "tokenizer": tokenizer,
+        **identity,
         "inputs": inputs,
         "datasets": datasets,
         "stats": stats,
@@ -29,5 +32,5 @@ def build(kind: str, format: str, fingerprint: str, config: dict, tokenizer: dic
 
 def write(out: Path, manifest: dict) -> Path:
     path = out / MANIFEST_NAME
-    write_json_atomic(path, manifest)
+    write_json(path, manifest)
     return path

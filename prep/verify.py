@@ -5,19 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import xxhash
 
 from loaders.formats import nanogpt
 from loaders.formats.indexed import IndexedDataset
-from loaders.manifest import ManifestError, load
-
-
-def _hash(path: Path) -> str:
-    hasher = xxhash.xxh3_128()
-    with open(path, "rb") as f:
-        while block := f.read(16 << 20):
-            hasher.update(block)
-    return hasher.hexdigest()
+from loaders.manifest import ManifestError, encoders_of, load
+from prep.pipeline.checksum import file_checksum
 
 
 def verify(out: Path, megatron: bool = True) -> list[str]:
@@ -27,9 +19,9 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
     except ManifestError as exc:
         return [str(exc)]
     if manifest["kind"] == "latents":
-        from prep.latents import stage
+        from prep.latents.verify import verify as verify_cache
 
-        return stage.verify(out)
+        return verify_cache(out)
     problems = []
     reader = _megatron_reader() if megatron and manifest["format"] == "megatron" else None
     for key, dataset in manifest["datasets"].items():
@@ -63,7 +55,7 @@ def _check_file(path: Path, entry: dict) -> str | None:
         return f"{path}: missing"
     if path.stat().st_size != entry["bytes"]:
         return f"{path}: {path.stat().st_size} bytes, manifest says {entry['bytes']}"
-    if _hash(path) != entry["xxh3_128"]:
+    if file_checksum(path) != entry["xxh3_128"]:
         return f"{path}: checksum differs from the manifest"
     return None
 
@@ -109,7 +101,7 @@ def describe(out: Path) -> str:
     manifest = load(out)
     stats = manifest["stats"]
     if manifest["kind"] == "latents":
-        encoders = manifest["tokenizer"]
+        encoders = encoders_of(manifest)
         parts = [f"{role} {e.get('path', '')}" for role, e in encoders.items() if isinstance(e, dict) and "path" in e]
         return "\n".join([f"{out}: latents / {manifest['format']} ({encoders.get('family')}), fingerprint {manifest['fingerprint']}",
                           *(f"  {p}" for p in parts), *(line for line in _latents_summary(manifest) if not line.startswith("wall"))])
@@ -135,6 +127,6 @@ def describe(out: Path) -> str:
 
 
 def _latents_summary(manifest: dict) -> list[str]:
-    from prep.latents.stage import summary
+    from prep.latents.finalize import summary
 
     return summary(manifest, None, 0.0).splitlines()

@@ -25,14 +25,6 @@ PRESETS = {"256p": 256 * 256, "512p": 512 * 512, "768p": 768 * 768, "1024p": 102
 IMAGE_QUANTIZATION, VIDEO_QUANTIZATION = 64, 16
 
 IMAGE_SUFFIX, VIDEO_SUFFIX = ".pt", ".meta"
-# Fields each item's dict holds, by family (beyond the metadata copies AutoModel also stores).
-FIELDS = {
-    "flux": ("latent", "clip_tokens", "clip_hidden", "pooled_prompt_embeds", "t5_tokens", "prompt_embeds", "crop_offset"),
-    "wan": ("video_latents", "text_embeddings", "first_frame"),
-    "hunyuan": ("video_latents", "text_embeddings", "text_mask", "text_embeddings_2", "text_mask_2"),
-    "hunyuan15": ("video_latents", "text_embeddings", "text_mask", "text_embeddings_2", "text_mask_2", "image_embeds"),
-}
-VIDEO_FAMILIES = ("wan", "hunyuan", "hunyuan15")
 
 
 def shard_name(index: int) -> str:

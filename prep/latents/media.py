@@ -7,12 +7,12 @@ reason (never raised, never dropped), so the stage can stop or count it.
 from __future__ import annotations
 
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
 
 from prep.errors import BadRecord, PrepError
+from prep.pipeline import faults
 from prep.latents.buckets import Bucket, cover_crop, nearest_bucket
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -250,8 +250,7 @@ def decode_video(path: str, table: list[Bucket], frames: int, four_n_plus_one: b
 def decode(task: tuple) -> dict:
     """Worker entry: (index, path, video, table, frames, 4n+1) -> decoded item or {"error": reason}."""
     index, path, video, table, frames, four_n_plus_one = task
-    if os.environ.get("PREP_TEST_DECODER_DIES_ON") and os.environ["PREP_TEST_DECODER_DIES_ON"] in os.path.basename(path):
-        os.kill(os.getpid(), signal.SIGKILL)  # test hook: a codec that crashes the process, or the OOM killer
+    faults.decoder_dies_on(path)  # a codec that crashes the process, or the OOM killer
     try:
         item = decode_video(path, table, frames, four_n_plus_one) if video else decode_image(path, table)
     except Exception as exc:  # any decoder failure is this item's recorded reason
@@ -269,7 +268,7 @@ def init_worker() -> None:
 
     from PIL import Image
 
-    from prep.plan import die_with_parent
+    from prep.pipeline.processes import die_with_parent
 
     die_with_parent()  # an encoder process that dies takes its decoders with it
     # Decoders scale by processes; nested thread pools would oversubscribe the cores.

@@ -1,31 +1,17 @@
-"""Chat, instruction and completion records -> rendered text + the character spans to train on.
-
-The tokenizer's own chat template renders a conversation, in the environment transformers
-renders templates in (prep.recipes.jinja), so the text is what `apply_chat_template` gives. The trained spans are the assistant turns: their
-reasoning, content and tool calls, through the end-of-turn token the template emits after them.
-They come from the template's `{% generation %}` blocks when it has them; otherwise from a
-render in which each assistant content is wrapped in private-use markers, accepted only when
-removing the markers gives exactly the plain render; otherwise from prefix renders (the
-conversation up to each assistant turn with the generation prompt must be a prefix of the
-whole). A template that rewrites earlier turns fails all three and the record is refused.
-"""
+"""The chat recipe: OpenAI `messages` (tools, reasoning) or ShareGPT `conversations` records,
+rendered by the tokenizer's chat template, loss on the assistant turns (prep.recipes.templates)."""
 
 from __future__ import annotations
 
-import re
-
 import orjson
 
-OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
-GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
-REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
+from prep.recipes.base import register
+from prep.recipes.sft import SFTRecipe
+from prep.recipes.templates import REASONING_KEYS, BadConversation
+
 ROLES = {"system", "developer", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "tool": "tool", "function_call": "assistant", "observation": "tool"}
-
-
-class BadConversation(ValueError):
-    """A record that can't be rendered with exact masks; the message is the reason."""
 
 
 def normalize(record: dict) -> tuple[list[dict], list | None]:
@@ -104,231 +90,17 @@ def _tool_call(call, i: int) -> dict:
     return {**call, "type": call.get("type", "function"), "function": {**function, "arguments": arguments}}
 
 
-class ChatTemplate:
-    """Renders conversations and finds their trained character spans."""
+@register
+class ChatRecipe(SFTRecipe):
+    name = "chat"
+    help = "chat: OpenAI `messages` or ShareGPT `conversations`, loss on assistant turns."
 
-    def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
-                 last_turn_only: bool = False):
-        self.template, self.special_tokens = template, special_tokens
-        self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
-        self.generation = bool(GENERATION.search(template))
-        if self.generation:  # the spans come from transformers' own generation tracker
-            from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+    @classmethod
+    def needs_template(cls, config) -> bool:
+        return True
 
-            self._render_jinja, self._compiled = render_jinja_template, _compile_jinja_template(template)
-        else:
-            from prep.recipes.jinja import compile_template  # jinja2 only where a template renders
+    def source_keys(self):
+        return None  # every column: messages, tools, conversations
 
-            self._compiled = compile_template(template)
-        # Templates differ on tool-call arguments: an object (HF's convention) or a JSON string
-        # (DeepSeek-V3 concatenates them). Ask the template once.
-        self.string_arguments = False
-        call = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "",
-                 "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]
-        try:
-            self.render(call, None)
-        except BadConversation:
-            self.string_arguments = True
-        # Does the template insert assistant content and reasoning verbatim? Then one marked
-        # render per record is enough; otherwise every record is also rendered plain to check.
-        self.faithful = all(self._marks_round_trip(messages) for messages in _PROBES)
-        probe = self.render([{"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
-        # The end-of-turn token: the added token the template emits right after assistant content.
-        after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
-        self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
-
-    def render(self, messages: list[dict], tools, generation_prompt: bool = False, indices: bool = False):
-        """The rendered text, or (text, generation spans) with `indices`: what transformers'
-        `apply_chat_template` renders (our records are plain JSON already, so only the
-        reasoning aliases it adds are needed before calling the compiled template)."""
-        if not indices:
-            try:
-                return self._compiled.render(messages=_alias_reasoning(messages), tools=tools, documents=None,
-                                             add_generation_prompt=generation_prompt, **self.special_tokens)
-            except Exception as exc:
-                raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
-        try:
-            rendered, spans = self._render_jinja([messages], tools=tools, chat_template=self.template,
-                                                 add_generation_prompt=generation_prompt,
-                                                 return_assistant_tokens_mask=indices, **self.special_tokens)
-        except Exception as exc:  # jinja's raise_exception and template errors are data problems here
-            raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
-        return (rendered[0], spans[0]) if indices else rendered[0]
-
-    def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
-        """(rendered text, trained character spans in order)."""
-        messages = [_with_arguments(m, self.string_arguments) for m in messages]
-        assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if self.generation:
-            text, indices = self.render(messages, tools, indices=True)
-            spans = [tuple(s) for s in indices]
-            if len(spans) != len(assistants):
-                raise BadConversation(f"the template's generation blocks give {len(spans)} spans for {len(assistants)} assistant turns")
-            spans = [self._without_reasoning(text, s, messages[i]) for s, i in zip(spans, assistants)]
-        else:
-            text, spans = self._marked_spans(messages, tools, assistants)
-            if spans is None:
-                text = self.render(messages, tools)
-                spans = self._prefix_spans(messages, tools, text, assistants)
-        if self.last_turn_only:
-            spans = spans[-1:]
-        return text, [s for s in spans if s[1] > s[0]]
-
-    def _end(self, text: str, position: int, limit: int) -> int:
-        """The end of the turn whose trained text runs to `position`: just past the end-of-turn token."""
-        if not self.end_of_turn:
-            return position
-        found = text.find(self.end_of_turn, position, limit)
-        if found < 0:
-            raise BadConversation("no end-of-turn token after an assistant turn; the template makes the span ambiguous")
-        return found + len(self.end_of_turn)
-
-    def _marked(self, messages: list[dict]) -> list[dict] | None:
-        """Messages with assistant content (and reasoning) wrapped in markers; None when a turn has no content."""
-        marked = list(messages)
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            if not message.get("content"):
-                return None  # tool-call-only turns: nothing to mark
-            marked[i] = {**message, "content": OPEN + message["content"] + CLOSE}
-            for key in REASONING_KEYS:  # under whichever name the template reads it
-                if message.get(key):
-                    marked[i][key] = R_OPEN + message[key] + R_CLOSE
-        return marked
-
-    def _marks_round_trip(self, messages: list[dict]) -> bool:
-        return _strip_markers(self.render(self._marked(messages), None))[0] == self.render(messages, None)
-
-    def _marked_spans(self, messages, tools, assistants):
-        """(text, spans) from one render with marked assistant content, or (None, None) when the
-        markers don't round-trip (checked on every record unless the template is faithful)."""
-        marked = self._marked(messages)
-        if marked is None:
-            return None, None
-        text, found = _strip_markers(self.render(marked, tools))
-        if not self.faithful and text != self.render(messages, tools):
-            return None, None
-        positions = {OPEN: [], CLOSE: [], R_OPEN: [], R_CLOSE: []}
-        for removed, (at, marker) in enumerate(sorted(found)):
-            positions[marker].append(at - removed)  # where it was in the text without markers
-        if len(positions[OPEN]) != len(assistants) or len(positions[CLOSE]) != len(assistants):
-            return None, None
-        reasoning = [bool(messages[i].get("reasoning_content")) for i in assistants]
-        if len(positions[R_OPEN]) != sum(reasoning):
-            return None, None
-        r_starts = iter(positions[R_OPEN])
-        spans = []
-        for k, (start, end) in enumerate(zip(positions[OPEN], positions[CLOSE])):
-            if reasoning[k]:
-                r_start = next(r_starts)
-                if not self.mask_reasoning:  # the turn's output: from the end of the generation prompt
-                    start = self._output_start(messages, tools, text, assistants[k], min(start, r_start))
-            limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
-            spans.append((start, self._end(text, end, limit)))
-        return text, spans
-
-    def _output_start(self, messages, tools, text: str, i: int, start: int) -> int:
-        """Where assistant turn i's output begins: after the turns before it and the generation
-        prompt, so that what the template writes around reasoning (think tags) is trained too;
-        `start` when that render is not a prefix of `text` ending before it."""
-        prompt = self.render(messages[:i], tools, generation_prompt=True)
-        return len(prompt) if len(prompt) <= start and text.startswith(prompt) else start
-
-    def _prefix_spans(self, messages, tools, text, assistants):
-        spans = []
-        for k, i in enumerate(assistants):
-            prompt = self.render(messages[:i], tools, generation_prompt=True)
-            if not text.startswith(prompt):
-                raise BadConversation("the chat template renders earlier turns differently once later turns exist; "
-                                      "assistant spans would be ambiguous")
-            start = len(prompt)
-            span = (start, self._end(text, start, len(text)))
-            spans.append(self._without_reasoning(text, span, messages[i]))
-        return spans
-
-    def _without_reasoning(self, text: str, span: tuple[int, int], message: dict) -> tuple[int, int]:
-        reasoning = message.get("reasoning_content")
-        if not (self.mask_reasoning and reasoning):
-            return span
-        at = text.find(reasoning, span[0], span[1])
-        if at < 0:
-            return span  # the template does not render reasoning: nothing to mask
-        # trained from the answer on: what closes the reasoning (think tags) is masked with it
-        content = (message.get("content") or "").strip()  # as templates that trim it render it
-        answer = text.find(content, at + len(reasoning), span[1]) if content else -1
-        return (answer if answer >= 0 else at + len(reasoning), span[1])
-
-
-# Conversations that expose templates which change assistant content: whitespace, think tags, reasoning.
-_PROBES = [
-    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
-    [{"role": "system", "content": " s "}, {"role": "user", "content": " u\n"}, {"role": "assistant", "content": "  a b \n"},
-     {"role": "user", "content": "v"}, {"role": "assistant", "content": "\nc "}],
-    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>t</think>a", "reasoning_content": " r "},
-     {"role": "user", "content": "v"}, {"role": "assistant", "content": "x</think> y", "reasoning_content": "q"}],
-]
-
-
-def _strip_markers(rendered: str) -> tuple[str, list[tuple[int, str]]]:
-    """(the text without markers, (position, marker) of each in `rendered`): str.find and
-    str.replace are several times faster than a regex here."""
-    found, text = [], rendered
-    for marker in (OPEN, CLOSE, R_OPEN, R_CLOSE):
-        at = rendered.find(marker)
-        if at >= 0:
-            text = text.replace(marker, "")
-        while at >= 0:
-            found.append((at, marker))
-            at = rendered.find(marker, at + 1)
-    return text, found
-
-
-def _alias_reasoning(messages: list[dict]) -> list[dict]:
-    """transformers' aliasing: reasoning under any of its names is also `reasoning_content` and `thinking`."""
-    out = []
-    for message in messages:
-        reasoning = next((message[k] for k in ("reasoning_content", "thinking", "reasoning") if message.get(k) is not None), None)
-        out.append(message if reasoning is None else {"thinking": reasoning, **message, "reasoning_content": reasoning})
-    return out
-
-
-def _with_arguments(message: dict, as_string: bool) -> dict:
-    """Tool-call arguments as the template takes them: a JSON string (DeepSeek-V3 concatenates
-    it; a string in the record is kept exactly as written, as apply_chat_template passes it) or
-    an object (HF's convention; a string is parsed)."""
-    if not message.get("tool_calls"):
-        return message
-    calls = []
-    for call in message["tool_calls"]:
-        arguments = call["function"]["arguments"]
-        if as_string and not isinstance(arguments, str):
-            arguments = orjson.dumps(arguments).decode()
-        elif not as_string and isinstance(arguments, str):
-            arguments = orjson.loads(arguments) if arguments.strip() else {}
-        calls.append({**call, "function": {**call["function"], "arguments": arguments}})
-    return {**message, "tool_calls": calls}
-
-
-def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, list[tuple[int, int]]]:
-    """Prompt + answer text and the answer's span, for the instruction and completion recipes.
-
-    default: the prompt is context and question joined by spaces, then a space (AutoModel's
-    ColumnMappedTextInstructionDataset); squad: "Context: {c} Question: {q} Answer: ";
-    completion: the context, then the gold continuation as it is."""
-    values = {}
-    for role, column in columns.items():
-        value = record.get(column)
-        if value is not None and not isinstance(value, str):
-            raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
-        values[role] = value
-    answer = values.get("answer")
-    if answer is None:
-        raise BadConversation(f"missing answer column {columns.get('answer')!r}")
-    if preset == "squad":
-        prompt = f"Context: {values.get('context') or ''} Question: {values.get('question') or ''} Answer: "
-    elif preset == "completion":
-        prompt = values.get("context") or ""
-    else:
-        prompt = " ".join(v for v in (values.get("context"), values.get("question"), "") if v is not None)
-    return prompt + answer, [(len(prompt), len(prompt) + len(answer))]
+    def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
+        return self.template.spans(*normalize(record))

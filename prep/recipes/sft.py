@@ -1,6 +1,7 @@
-"""SFT records -> token ids and an exact loss mask (1 on the tokens to train on).
+"""What the SFT recipes share: rendered text + trained spans -> token ids and an exact loss mask.
 
-Masks come from character spans (prep.recipes.chat) mapped onto the tokens of the whole
+The recipes (chat, instruction, completion) each render a record to text and the character
+spans to train on; this base tokenizes the batch once and maps the spans onto the tokens of the whole
 rendered text, so the ids are exactly what tokenizing the rendered text gives. A token is
 trained when it holds any byte of a trained span (a token straddling a boundary, like " Paris"
 after "Answer:", is trained). Token byte offsets come from the vocabulary for byte-level BPE
@@ -14,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from prep.recipes.chat import BadConversation, ChatTemplate, instruction_spans, normalize
+from prep.recipes.base import Recipe
+from prep.recipes.templates import BadConversation, ChatTemplate
 
 
 def _byte_level_alphabet() -> set[str]:
@@ -58,7 +60,7 @@ def span_mask(token_starts: np.ndarray, token_ends: np.ndarray, spans: list[tupl
 
 @dataclass
 class SFTOptions:
-    """The TokenizeConfig fields an SFT recipe reads (see prep.config for their meaning)."""
+    """The TokenizeConfig fields an SFT recipe reads (see prep.tokenize.config for their meaning)."""
 
     recipe: str
     columns: dict
@@ -74,34 +76,33 @@ class SFTOptions:
         return cls(**{name: config[name] for name in cls.__dataclass_fields__})
 
 
-class SFTRecipe:
-    """Per-process state: the chat template, byte lengths, options. `encode` does one batch."""
+class SFTRecipe(Recipe):
+    """Per-process state: the chat template (compiled once), byte lengths, options. Subclasses
+    say how a record renders (`render`); `encode_batch` tokenizes, masks and writes a batch."""
 
-    def __init__(self, options: SFTOptions, spec_json: str, chat_template: str | None, special_tokens: dict,
-                 eod_id: int | None, bos_id: int | None):
-        self.options, self.eod_id, self.bos_id = options, eod_id, bos_id
-        self.byte_lengths = token_byte_lengths(spec_json)
+    loss_mask = True
+
+    def __init__(self, job: dict, tokenizer_json: str):
+        super().__init__(job, tokenizer_json)
+        self.options = options = SFTOptions.from_config(job["config"])
+        self.eod_id, self.bos_id = job["eod_id"], job["bos_id"]
+        self.byte_lengths = token_byte_lengths(tokenizer_json)
         self._hf = None
-        self.spec_json = spec_json
-        needs_template = options.recipe == "chat" or options.use_chat_template
+        self.spec_json = tokenizer_json
+        chat_template = job["chat_template"]
+        needs_template = self.needs_template(options)
         if needs_template and not chat_template:
             raise BadConversation("the tokenizer has no chat template; pass --chat-template FILE.jinja")
-        added = [t["content"] for t in orjson.loads(spec_json).get("added_tokens", [])]
-        self.template = ChatTemplate(chat_template, special_tokens, added, options.mask_reasoning,
+        added = [t["content"] for t in orjson.loads(tokenizer_json).get("added_tokens", [])]
+        self.template = ChatTemplate(chat_template, job["special_tokens_map"], added, options.mask_reasoning,
                                      options.last_turn_only) if needs_template else None
 
-    def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
-        o = self.options
-        if o.recipe == "chat":
-            return self.template.spans(*normalize(record))
-        if o.use_chat_template:
-            text, _ = instruction_spans(record, o.columns, "default")  # validates the columns
-            get = lambda role: record.get(o.columns[role]) if role in o.columns else None  # noqa: E731
-            messages = [{"role": "system", "content": get("context") or ""}, {"role": "user", "content": get("question") or ""},
-                        {"role": "assistant", "content": get("answer")}]
-            return self.template.spans(messages, None)
-        return instruction_spans(record, o.columns, "completion" if o.recipe == "completion" else o.preset)
+    def source_keys(self) -> list[str] | None:
+        return list(self.options.columns.values()) if self.options.columns else None
 
+    def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
+        """(rendered text, character spans to train on) of one record; BadConversation if it can't be."""
+        raise NotImplementedError
     def offsets(self, text: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bytes | None]:
         """(token starts, token ends, utf-8 text or None): byte offsets, or character offsets from HF."""
         if self.byte_lengths is not None:
@@ -121,3 +122,44 @@ class SFTRecipe:
         if raw is not None and len(raw) != len(text):  # non-ASCII: character spans -> byte spans
             spans = [(len(text[:a].encode()), len(text[:b].encode())) for a, b in spans]
         return span_mask(starts, ends, spans)
+
+    def encode_batch(self, records, locate, path, rejects, writers, encoder, counts) -> int:
+        """Render, tokenize (one call for the batch) and mask the records; BOS/EOD added with their
+        mask (0 and 1); overlong samples truncated or dropped as --overlong says."""
+        options = self.options
+        rendered, where = [], []
+        for j, record in enumerate(records):
+            try:
+                rendered.append(self.render(record))
+                where.append(j)
+            except BadConversation as exc:
+                rejects.add(path, lambda j=j: locate(j), str(exc))
+        ids, offsets = encoder.encode([text for text, _ in rendered])
+        tokens, masks, lengths = [], [], []
+        for k, (text, spans) in enumerate(rendered):
+            sample = ids[offsets[k]:offsets[k + 1]]
+            mask = self.mask(text, spans, sample)
+            if self.bos_id is not None:
+                sample, mask = np.concatenate([[self.bos_id], sample]), np.concatenate([[0], mask]).astype(np.uint8)
+            if self.eod_id is not None:
+                sample, mask = np.concatenate([sample, [self.eod_id]]), np.concatenate([mask, [1]]).astype(np.uint8)
+            reason = "loss mask is all zeros (nothing to train on)" if not mask.any() else \
+                "loss mask is all ones (no prompt: check the template or --columns)" if mask.all() else None
+            if reason:
+                rejects.add(path, lambda j=where[k]: locate(j), reason)
+                continue
+            if options.max_length and len(sample) > options.max_length:
+                if options.overlong == "drop" or not mask[:options.max_length].any():
+                    counts["dropped_overlong"] += 1
+                    continue
+                sample, mask = sample[:options.max_length], mask[:options.max_length]
+                counts["truncated"] += 1
+            tokens.append(sample)
+            masks.append(mask)
+            lengths.append(len(sample))
+        if tokens:
+            lengths = np.array(lengths, np.int32)
+            ones = np.ones(len(lengths), np.int32)
+            writers["tokens"].write(np.concatenate(tokens), lengths, ones)
+            writers["loss_mask"].write(np.concatenate(masks), lengths, ones)
+        return len(tokens)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from prep.recipes.base import Recipe, register
+
 
 @dataclass
 class Documents:
@@ -98,3 +100,33 @@ _MISSING = _Missing()
 
 def _json_type(value) -> str:
     return {bool: "a boolean", int: "a number", float: "a number", dict: "an object", list: "a list of non-strings"}.get(type(value), type(value).__name__)
+
+
+@register
+class TextRecipe(Recipe):
+    """Pretraining text: one document per record under each --text-key (one dataset per key)."""
+
+    name = "text"
+    help = "text: each record's text is one pretraining document."
+
+    def encode_batch(self, records, locate, path, rejects, writers, encoder, counts) -> int:
+        keys, dtype = self.job["keys"], np.dtype(self.job["dtype"])
+        texts = _texts(records, keys, locate, path, rejects)
+        for key, (sentences, owner, kept) in texts.items():
+            ids, offsets = encoder.encode(sentences)
+            docs = assemble(ids, offsets, np.asarray(owner, np.int64), len(kept), self.job["eod_id"], self.job["bos_id"], dtype)
+            writers[key].write(docs.tokens, docs.sequence_lengths, docs.document_sequences)
+        return len(texts[keys[0]][2])
+
+
+def _texts(records: list[dict], keys: list[str], locate, path: str, rejects) -> dict:
+    """texts_of for every key. A record bad under one key is rejected from all, so the
+    datasets of several keys keep the same documents."""
+    bad: dict[int, str] = {}
+    texts = {key: texts_of(records, key, lambda j, reason: bad.setdefault(j, reason)) for key in keys}
+    if not bad:
+        return texts
+    for j in sorted(bad):
+        rejects.add(path, lambda j=j: locate(j), bad[j])
+    records = [r for j, r in enumerate(records) if j not in bad]
+    return {key: texts_of(records, key, reject=None) for key in keys}

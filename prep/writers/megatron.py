@@ -11,10 +11,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import xxhash
-
 from loaders.formats import indexed
-from prep.plan import Unit, fsync_dir, start_writeback
+from prep.pipeline import checksum, durable
+from prep.pipeline.durable import fsync_dir, start_writeback
+from prep.pipeline.units import Unit
 
 COPY_BLOCK = 16 << 20
 PARTS_FORMAT = 2  # 1: .len.npy + .doc.npy; 2: .seq.npy
@@ -53,14 +53,10 @@ class PartWriter:
         self.file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
         documents = np.concatenate(self.documents) if self.documents else np.zeros(0, np.int32)
-        tmp = Path(f"{self.stem}.seq.npy.tmp.{os.getpid()}")
-        with open(tmp, "wb") as f:  # one file, one fsync: the lengths, then the documents
+        with durable.open_durable(Path(f"{self.stem}.seq.npy"), sync_folder=False) as f:  # the lengths, then the documents
             np.save(f, lengths)
             np.save(f, documents)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, f"{self.stem}.seq.npy")
-        os.replace(self.tmp, f"{self.stem}.bin")
+        os.replace(self.tmp, f"{self.stem}.bin")  # fsynced above; the done-record's rename syncs the folder
         return {"documents": len(documents), "sequences": len(lengths), "tokens": self.tokens,
                 "empty_documents": int((documents == 0).sum())}
 
@@ -85,7 +81,7 @@ class StreamingMerge:
         for f in self.files.values():
             f.close()
         self.files = {key: open(path, "wb", buffering=COPY_BLOCK) for key, path in self.tmp.items()}
-        self.hashers = {key: xxhash.xxh3_128() for key in self.keys}
+        self.hashers = {key: checksum.hasher() for key in self.keys}
         self.done, self.next = set(), 0
         for index in sorted(done):
             self.unit_done(index)
@@ -166,14 +162,10 @@ def _copy_tokens(parts: list[Path], part_tokens: np.ndarray, start: int, stop: i
 
 def _write_atomic(path: Path, write) -> tuple[int, str]:
     """Run `write(file, hasher)` into a temporary name; fsync; rename. Returns (bytes, xxh3_128)."""
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    hasher = xxhash.xxh3_128()
-    with open(tmp, "wb", buffering=COPY_BLOCK) as f:
+    hasher = checksum.hasher()
+    with durable.open_durable(path, sync_folder=False, buffering=COPY_BLOCK) as f:  # the caller syncs the folder once
         write(f, hasher)
-        f.flush()
-        os.fsync(f.fileno())
         size = f.tell()
-    os.replace(tmp, path)
     return size, hasher.hexdigest()
 
 
@@ -192,7 +184,7 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
                  packs: tuple[np.ndarray, np.ndarray] | None = None, merged: dict | None = None) -> dict:
     """Merge the parts of `key` into shards; returns the manifest entry for this dataset.
 
-    With `packs` (order, pack sizes from prep.pack), sequences are written in that order and
+    With `packs` (order, pack sizes from prep.tokenize.pack), sequences are written in that order and
     each pack is one document whose sequences are its samples."""
     dtype = np.dtype(dtype)
     parts = workdir / "parts"

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from loaders.formats import nanogpt
-from prep.plan import Unit, fsync_dir
+from prep.pipeline.durable import fsync_dir
+from prep.pipeline.units import Unit
 from prep.writers.megatron import _copy_tokens, _write_atomic, length_histogram, read_part
 
 

@@ -1,0 +1,57 @@
+"""The instruction recipe: --columns mapped to context, question and answer; loss on the answer.
+
+The prompt is AutoModel's ColumnMappedTextInstructionDataset's (context and question joined by
+spaces, then a space), SQuAD's with --preset squad, or a chat-template render of system / user /
+assistant turns with --use-chat-template.
+"""
+
+from __future__ import annotations
+
+from prep.recipes.base import register
+from prep.recipes.sft import SFTRecipe
+from prep.recipes.templates import BadConversation
+
+
+def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, list[tuple[int, int]]]:
+    """Prompt + answer text and the answer's span, for the instruction and completion recipes.
+
+    default: the prompt is context and question joined by spaces, then a space (AutoModel's
+    ColumnMappedTextInstructionDataset); squad: "Context: {c} Question: {q} Answer: ";
+    completion: the context, then the gold continuation as it is."""
+    values = {}
+    for role, column in columns.items():
+        value = record.get(column)
+        if value is not None and not isinstance(value, str):
+            raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
+        values[role] = value
+    answer = values.get("answer")
+    if answer is None:
+        raise BadConversation(f"missing answer column {columns.get('answer')!r}")
+    if preset == "squad":
+        prompt = f"Context: {values.get('context') or ''} Question: {values.get('question') or ''} Answer: "
+    elif preset == "completion":
+        prompt = values.get("context") or ""
+    else:
+        prompt = " ".join(v for v in (values.get("context"), values.get("question"), "") if v is not None)
+    return prompt + answer, [(len(prompt), len(prompt) + len(answer))]
+
+
+@register
+class InstructionRecipe(SFTRecipe):
+    name = "instruction"
+    help = "instruction / completion: --columns mapped, loss on the answer."
+    takes_columns = True
+
+    @classmethod
+    def needs_template(cls, config) -> bool:
+        return bool(config.use_chat_template)
+
+    def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
+        o = self.options
+        if o.use_chat_template:
+            text, _ = instruction_spans(record, o.columns, "default")  # validates the columns
+            get = lambda role: record.get(o.columns[role]) if role in o.columns else None  # noqa: E731
+            messages = [{"role": "system", "content": get("context") or ""}, {"role": "user", "content": get("question") or ""},
+                        {"role": "assistant", "content": get("answer")}]
+            return self.template.spans(messages, None)
+        return instruction_spans(record, o.columns, o.preset)

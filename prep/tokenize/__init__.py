@@ -1,0 +1,1 @@
+"""`prep tokenize`: records -> recipe -> token ids (and loss masks) -> Megatron or NanoGPT datasets."""
