@@ -9,7 +9,7 @@ import click
 
 from loaders.formats.latents import PRESETS
 from prep.cli.errors import StageCommand
-from prep.cli.options import CONTEXT
+from prep.cli.options import CONTEXT, run_options
 from prep.errors import PrepError
 from prep.latents import families
 
@@ -61,8 +61,7 @@ from prep.latents import families
 @click.option("--skip-invalid", is_flag=True,
               help="Record and skip bad items (corrupt file, undecodable video, no caption), counted by reason in the manifest.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other weights or settings.")
-@click.option("--task", default=None, help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@run_options
 def latents(inputs, output, family, model, vae, text_encoders, preset, max_pixels, frames, device, precision, deterministic,
             seed, batch_size, decode_workers, unit_items, captions, file_column, caption_column, caption_fallback,
             vae_tiling, allow_empty_captions, skip_invalid, overwrite, task, progress):

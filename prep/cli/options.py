@@ -42,3 +42,10 @@ def size(ctx, param, value):
         return parse_size(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
+
+
+def run_options(command):
+    """--task and --progress, which every stage command takes: the driver reads them."""
+    command = click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")(command)
+    return click.option("--task", default=None,
+                        help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")(command)

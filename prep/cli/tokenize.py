@@ -8,7 +8,7 @@ import click
 
 from prep import recipes
 from prep.cli.errors import StageCommand
-from prep.cli.options import CONTEXT, load_config_file, size
+from prep.cli.options import CONTEXT, load_config_file, run_options, size
 from prep.pipeline.driver import run_stage
 from prep.pipeline.processes import default_workers
 from prep.tokenize.config import TokenizeConfig
@@ -62,10 +62,9 @@ from prep.tokenize.stage import TokenizeStage
               help="Bytes of input per work unit (the grain of resume). Default: about 1/256 of the corpus, 8M..256M.")
 @click.option("--skip-invalid", is_flag=True, help="Skip bad records (counted by reason in the manifest) instead of stopping.")
 @click.option("--overwrite", is_flag=True, help="Replace output made with another configuration.")
-@click.option("--task", default=None, help="Run only array task I of N (I/N, 0-based). Default: from SLURM_ARRAY_TASK_ID/COUNT.")
 @click.option("--backend", type=click.Choice(["auto", "fastokens", "hf"]), default="auto", show_default=True,
               help="Tokenizer engine. auto: fastokens when it matches HF tokenizers on a probe, else HF.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when stderr is a terminal).")
+@run_options
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
 def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, use_chat_template, mask_reasoning,

@@ -12,7 +12,6 @@ from loaders.formats import latents as fmt
 from loaders.manifest import MANIFEST_NAME
 from prep import __version__
 from prep import manifest as manifest_mod
-from prep.errors import PrepError
 from prep.latents.families import family_class
 from prep.pipeline import durable, workdir as wd
 from prep.pipeline.checksum import item_checksum
@@ -27,12 +26,12 @@ def metadata_entry(entry: dict, root: Path) -> dict:
 def finalize(job: dict, timings: dict) -> dict:
     """Metadata shards, metadata.json, then manifest.json (last). Returns the manifest."""
     out = Path(job["out"])
-    records, missing = wd.all_done(Path(job["workdir"]), job["fingerprint"])
-    if missing:
-        raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
-                        f"(first: items {missing[0].first}..{missing[0].stop - 1}); run the remaining tasks first")
+    records = wd.finished_records(Path(job["workdir"]), job["fingerprint"], None, out,
+                                  lambda unit: f"items {unit.first}..{unit.stop - 1}")
     cfg = job["config"]
     entries = [metadata_entry(e, out) for r in records for e in r["items"]]
+    for folder in sorted({Path(e["cache_file"]).parent for e in entries}):  # the item files' renames, made durable
+        durable.fsync_dir(folder)
     shards = []
     for i, start in enumerate(range(0, max(len(entries), 1), fmt.SHARD_ITEMS)):
         part = entries[start:start + fmt.SHARD_ITEMS]
@@ -49,12 +48,6 @@ def finalize(job: dict, timings: dict) -> dict:
                 "mode": "video" if family_video else "image", "target_frames": cfg["frames"] if family_video else None,
                 "tool": f"prep {__version__}", "fingerprint": job["fingerprint"]}
     durable.write_json(out / fmt.METADATA, metadata)
-    skipped: dict[str, int] = {}
-    examples: list[str] = []
-    for r in records:
-        for reason, n in r["skipped"].items():
-            skipped[reason] = skipped.get(reason, 0) + n
-        examples.extend(r["examples"][: max(0, 10 - len(examples))])
     bucket_counts = collections.Counter(f"{e['bucket_resolution'][0]}x{e['bucket_resolution'][1]}" for e in entries)
     plan = wd.read_plan(Path(job["workdir"]))
     per_input = collections.Counter(e.get("image_path") or e.get("video_path") for e in entries)
@@ -64,7 +57,7 @@ def finalize(job: dict, timings: dict) -> dict:
                             "bytes": sum(e["bytes"] for e in entries), "buckets": dict(sorted(bucket_counts.items())),
                             "video": family_video, "root": str(out),
                             "inputs_sha256": job.get("inputs_sha256")}}  # files, sizes and captions: a rerun checks them
-    stats = {"items": len(entries), "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
+    stats = {"items": len(entries), **wd.skipped_stats(records),
              "bucket_table": job["table"], "encode_s": round(encode_s, 3)}
     encoders = {**job["encoders"], "family": cfg["family"], "settings": job["settings"]}
     manifest = manifest_mod.build("latents", "automodel", job["fingerprint"], cfg, None, inputs, datasets, stats, timings,
@@ -79,8 +72,7 @@ def summary(manifest: dict, totals: dict | None, wall: float) -> str:
     lines = [f"items       {stats['items']:,} in {len(dataset['buckets'])} bucket(s): "
              + ", ".join(f"{k} {v:,}" for k, v in list(dataset["buckets"].items())[:8]),
              f"bytes out   {dataset['bytes'] / 1e6:,.1f} MB"]
-    if stats["skipped_total"]:
-        lines.append(f"skipped     {stats['skipped_total']:,}: " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items()))
+    lines += wd.skipped_line(stats)
     if totals and totals["items"] and totals["wall_s"]:
         busy = totals["encode_s"] / totals["wall_s"]
         lines.append(f"this run    {totals['items']:,} items in {totals['wall_s']:.1f}s: {totals['items'] / totals['wall_s']:,.2f} items/s, "

@@ -162,6 +162,34 @@ def all_done(workdir: Path, fingerprint: str, parts: int | None = None) -> tuple
     return records, missing
 
 
+def finished_records(workdir: Path, fingerprint: str, parts: int | None, out: Path, first) -> list[dict]:
+    """Every unit's done-record, for finalize; else one line naming the first unit still missing
+    (`first(unit)` says it in the stage's words)."""
+    records, missing = all_done(workdir, fingerprint, parts)
+    if missing:
+        raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
+                        f"(first: {first(missing[0])}); run the remaining tasks first")
+    return records
+
+
+def skipped_stats(records: list[dict], max_examples: int = 10) -> dict:
+    """The manifest's bad-record stats over the done-records: counts by reason, total, a few examples."""
+    skipped: dict[str, int] = {}
+    examples: list[str] = []
+    for r in records:
+        for reason, n in r["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + n
+        examples.extend(r["examples"][: max(0, max_examples - len(examples))])
+    return {"skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples}
+
+
+def skipped_line(stats: dict) -> list[str]:
+    """The summary's line of skipped records, if any."""
+    if not stats["skipped_total"]:
+        return []
+    return [f"skipped     {stats['skipped_total']:,}: " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items())]
+
+
 def remove_stale(paths) -> None:
     """Temporaries a killed run left (dot-named `.NAME.tmp.PID`): never renamed, never needed."""
     for stale in paths:

@@ -8,12 +8,10 @@ instance, built once per worker process, encodes batches.
 
 from __future__ import annotations
 
-REGISTRY: dict[str, type["Recipe"]] = {}
+from prep.registry import Registry
 
-
-def register(cls: type["Recipe"]) -> type["Recipe"]:
-    REGISTRY[cls.name] = cls
-    return cls
+RECIPES = Registry("prep.recipes", ("text", "chat", "instruction", "completion"))
+register = RECIPES.register
 
 
 class Recipe:

@@ -18,10 +18,8 @@ from prep.writers import nanogpt as nanogpt_writer
 def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     """Merge every unit's parts into shards and write the manifest, last. Returns the manifest."""
     out, workdir = Path(job["out"]), Path(job["workdir"])
-    records, missing = wd.all_done(workdir, job["fingerprint"], megatron.PARTS_FORMAT)
-    if missing:
-        raise PrepError(f"{out}: {len(missing)} of {len(records) + len(missing)} units are not done yet "
-                        f"(first: {missing[0].path} [{missing[0].first}:{missing[0].stop}]); run the remaining tasks first")
+    records = wd.finished_records(workdir, job["fingerprint"], megatron.PARTS_FORMAT, out,
+                                  lambda unit: f"{unit.path} [{unit.first}:{unit.stop}]")
     empty = [key for key in job["keys"] if not any(r["keys"][key]["tokens"] for r in records)]
     if empty:  # Megatron-Core can't map an empty .bin: a dataset without tokens is no dataset
         skipped = sum(sum(r["skipped"].values()) for r in records)
@@ -47,18 +45,13 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     faults.crash_in_finalize()  # a crash after the shards, before the manifest
     plan = wd.read_plan(workdir)
     per_input: dict[str, int] = {}
-    skipped: dict[str, int] = {}
-    examples: list[str] = []
     for r in records:
         per_input[r["unit"]["path"]] = per_input.get(r["unit"]["path"], 0) + r["records"]
-        for reason, n in r["skipped"].items():
-            skipped[reason] = skipped.get(reason, 0) + n
-        examples.extend(r["examples"][: max(0, 10 - len(examples))])
     first = datasets[job["keys"][0]]
     stats = {
         "documents": first["documents"], "tokens": sum(d["tokens"] for d in datasets.values()),
         "empty_documents": sum(r["keys"][job["keys"][0]]["empty_documents"] for r in records),
-        "skipped": skipped, "skipped_total": sum(skipped.values()), "skipped_examples": examples,
+        **wd.skipped_stats(records),
         "truncated": sum(r.get("truncated", 0) for r in records),
         "dropped_overlong": sum(r.get("dropped_overlong", 0) for r in records),
         "length_histogram": first.get("length_histogram"),
@@ -89,8 +82,7 @@ def summary(manifest: dict, totals: dict | None, wall: float) -> str:
         lines.append(f"packing     {p['samples']:,} samples in {p['packs']:,} packs of {p['capacity']:,}: {100 * p['efficiency']:.2f}% full")
     if stats.get("truncated") or stats.get("dropped_overlong"):
         lines.append(f"overlong    {stats['truncated']:,} truncated, {stats['dropped_overlong']:,} dropped")
-    if stats["skipped_total"]:
-        lines.append(f"skipped     {stats['skipped_total']:,}: " + ", ".join(f"{k} {v:,}" for k, v in stats["skipped"].items()))
+    lines += wd.skipped_line(stats)
     if totals is not None and totals["bytes"]:
         lines.append(f"this run    {totals['bytes'] / 1e6:,.1f} MB, {totals['tokens']:,} tokens in {wall:.2f}s: "
                      f"{totals['bytes'] / 1e6 / wall:,.1f} MB/s, {totals['tokens'] / wall:,.0f} tokens/s"

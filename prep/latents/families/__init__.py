@@ -14,36 +14,16 @@ a family loads, so listing them (--help) stays fast.
 from __future__ import annotations
 
 import contextlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from prep.errors import PrepError
+from prep.registry import Registry
 
-BUILTIN = ("flux", "wan", "hunyuan", "hunyuan15")
-REGISTRY: dict[str, type["Family"]] = {}
-
-
-def register(cls: type["Family"]) -> type["Family"]:
-    REGISTRY[cls.name] = cls
-    return cls
-
-
-def _load() -> None:
-    for name in BUILTIN:
-        importlib.import_module(f"prep.latents.families.{name}")
-
-
-def names() -> list[str]:
-    _load()
-    return list(REGISTRY)
-
-
-def family_class(name: str) -> type["Family"]:
-    _load()
-    return REGISTRY[name]
+FAMILIES = Registry("prep.latents.families", ("flux", "wan", "hunyuan", "hunyuan15"))
+register, names, family_class = FAMILIES.register, FAMILIES.names, FAMILIES.get
 
 
 @dataclass
