@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 
 from prep.errors import PrepError
+from prep.pipeline import durable
 
 # Texts that exercise pre-tokenizer corners; the corpus's own first records are added to them.
 PROBE_TEXTS = [
@@ -100,9 +101,7 @@ def _resolve_folder(source: Path) -> dict:
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         for path, text in ((cached_json, resolved["json"]), (cached, json.dumps({k: v for k, v in resolved.items() if k != "json"}))):
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)  # the tokenizer first: the metadata file says both are there
+            durable.write_bytes(path, text.encode())  # the tokenizer first: the metadata file says both are there
     except OSError:
         pass  # a read-only home only costs the next run the same seconds
     return resolved

@@ -48,15 +48,14 @@ class PartWriter:
 
     def commit(self) -> dict:
         """fsync and rename the parts; returns this key's counts for the done-record."""
-        self.file.flush()
-        os.fsync(self.file.fileno())
-        self.file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int32)
         documents = np.concatenate(self.documents) if self.documents else np.zeros(0, np.int32)
         with durable.open_durable(Path(f"{self.stem}.seq.npy"), sync_folder=False) as f:  # the lengths, then the documents
             np.save(f, lengths)
             np.save(f, documents)
-        os.replace(self.tmp, f"{self.stem}.bin")  # fsynced above; the done-record's rename syncs the folder
+        self.file.flush()  # the done-record's rename syncs the folder for both
+        durable.commit(self.tmp, f"{self.stem}.bin", fd=self.file.fileno(), sync_folder=False)
+        self.file.close()
         return {"documents": len(documents), "sequences": len(lengths), "tokens": self.tokens,
                 "empty_documents": int((documents == 0).sum())}
 
@@ -212,7 +211,7 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
         t1 = int(token_ends[s1 - 1]) if s1 else 0
         bin_file, idx_file = indexed.bin_path(out / name), indexed.idx_path(out / name)
         if merged is not None and len(bounds) == 1:  # StreamingMerge already wrote it, fsynced
-            os.replace(merged["tmp"], bin_file)
+            durable.commit(merged["tmp"], bin_file, sync_folder=False)  # (its fsync finds nothing left to write)
             bin_bytes, bin_hash = merged["bytes"], merged["xxh3_128"]
         elif packs is None:
             bin_bytes, bin_hash = _write_atomic(bin_file, lambda f, h: _copy_tokens(
