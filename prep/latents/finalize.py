@@ -27,7 +27,7 @@ def finalize(job: dict, timings: dict) -> dict:
     """Metadata shards, metadata.json, then manifest.json (last). Returns the manifest."""
     out = Path(job["out"])
     records = wd.finished_records(Path(job["workdir"]), job["fingerprint"], None, out,
-                                  lambda unit: f"items {unit.first}..{unit.stop - 1}")
+                                  lambda unit: f"items {unit.items.start}..{unit.items.stop - 1}")
     cfg = job["config"]
     entries = [metadata_entry(e, out) for r in records for e in r["items"]]
     for folder in sorted({Path(e["cache_file"]).parent for e in entries}):  # the item files' renames, made durable

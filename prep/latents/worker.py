@@ -148,7 +148,7 @@ class DeviceWorker:
         """(run, index, decode task or None) per item, then (run, None, None) at each unit's end."""
         for unit in units:
             run = _UnitRun(unit, self.workdir)
-            for index in range(unit.first, unit.stop):
+            for index in unit.items:
                 needed = index not in run.journaled and self.plan_items[index]["caption"] is not None
                 yield run, index, self._task(index) if needed else None
             yield run, None, None

@@ -32,6 +32,16 @@ class Unit:
         """Bytes (tokenize) or items (latents): what the progress bar counts."""
         return self.stop - self.first
 
+    @property
+    def byte_range(self) -> tuple[int, int]:
+        """tokenize: [start byte, stop byte) of `path`."""
+        return self.first, self.stop
+
+    @property
+    def items(self) -> range:
+        """latents: the indexes of the plan's items this unit holds."""
+        return range(self.first, self.stop)
+
     def to_json(self) -> dict:
         return {"index": self.index, "path": self.path, "start": self.first, "stop": self.stop}
 

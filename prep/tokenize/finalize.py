@@ -19,7 +19,7 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     """Merge every unit's parts into shards and write the manifest, last. Returns the manifest."""
     out, workdir = Path(job["out"]), Path(job["workdir"])
     records = wd.finished_records(workdir, job["fingerprint"], megatron.PARTS_FORMAT, out,
-                                  lambda unit: f"{unit.path} [{unit.first}:{unit.stop}]")
+                                  lambda unit: f"{unit.path} [{unit.byte_range[0]}:{unit.byte_range[1]}]")
     empty = [key for key in job["keys"] if not any(r["keys"][key]["tokens"] for r in records)]
     if empty:  # Megatron-Core can't map an empty .bin: a dataset without tokens is no dataset
         skipped = sum(sum(r["skipped"].values()) for r in records)

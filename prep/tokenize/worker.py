@@ -61,7 +61,7 @@ def run_unit(unit: Unit) -> dict:
     records_in = 0
     counts = {"truncated": 0, "dropped_overlong": 0}
     try:
-        for records, locate in sources.read_unit(unit.path, unit.first, unit.stop, recipe.source_keys(), rejects, BATCH_BYTES):
+        for records, locate in sources.read_unit(unit.path, *unit.byte_range, recipe.source_keys(), rejects, BATCH_BYTES):
             records_in += recipe.encode_batch(records, locate, unit.path, rejects, writers, encoder, counts)
         parts = {key: writer.commit() for key, writer in writers.items()}
     except BaseException:
@@ -80,7 +80,7 @@ def sample_texts(units: list[Unit], keys: list[str]) -> list[str]:
     if not units:
         return []
     try:
-        records, _ = next(iter(sources.read_unit(units[0].path, units[0].first, units[0].stop, keys, Rejects(skip=True), SAMPLE_BYTES)))
+        records, _ = next(iter(sources.read_unit(units[0].path, *units[0].byte_range, keys, Rejects(skip=True), SAMPLE_BYTES)))
     except (BadRecord, StopIteration):
         return []
     texts = []

@@ -21,6 +21,7 @@ def test_a_unit_is_written_with_the_names_earlier_outputs_use():
     assert unit.to_json() == {"index": 3, "path": "/data/a.jsonl", "start": 1024, "stop": 4096}  # plan.json, done-records
     assert Unit.from_json(json.loads(json.dumps(unit.to_json()))) == unit
     assert unit.size == 3072 and unit.id == "0000003"
+    assert unit.byte_range == (1024, 4096) and list(Unit(0, "a.png", 64, 67).items) == [64, 65, 66]
     units = [Unit(i, "p", i, i + 1) for i in range(7)]
     assert [u.index for u in task_units(units, 1, 3)] == [1, 4]
     assert sorted(u.index for t in range(3) for u in task_units(units, t, 3)) == list(range(7))
