@@ -1,0 +1,160 @@
+"""prep's outputs as drop-in datasets for NeMo AutoModel configs (`_target_: loaders.automodel.X`).
+
+Each name here takes the YAML arguments of AutoModel's class of that name and returns the dataset
+itself, whose items are AutoModel's (same keys, dtypes, shapes and pad conventions), so that
+AutoModel's collate functions and samplers take them unchanged. Nothing is tokenized or indexed at
+train time beyond what `prep index` would cache. numpy + torch only: AutoModel is not imported.
+
+- `MegatronPretraining`: AutoModel's `llm.megatron_dataset.MegatronPretraining`, sample for sample
+  (its vendored Megatron GPT dataset: Megatron-Core's document, sample and shuffle indices; items
+  `input_ids`, `labels`, `loss_mask` and `attention_mask` with `create_attention_mask`).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loaders.gpt import GPTDataset, masks_and_position_ids
+
+SPLIT_NAMES = {"train": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2}
+AUTOMODEL_PAD = -100  # AutoModel's pad id when the tokenizer gives none
+
+
+def _blend(paths) -> tuple[list[str], list[float] | None]:
+    """AutoModel's (and Megatron's) path lists: [p, ...] or the zipped ["30", p1, "70", p2]; a glob
+    of .bin/.idx files is its sorted prefixes, as AutoModel's get_list_of_files expands it."""
+    if isinstance(paths, (str, Path)):
+        if glob.has_magic(str(paths)):
+            found = glob.glob(str(paths))
+            if not found:
+                raise ValueError(f"no files match {paths}")
+            return sorted({str(Path(p).with_suffix("")) for p in found if p.endswith((".bin", ".idx"))}), None
+        return [str(paths)], None
+    paths = [str(p) for p in paths]
+    try:
+        weights = [float(w) for w in paths[0::2]]
+    except ValueError:
+        return paths, None
+    return paths[1::2], (weights if len(paths) > 2 else None)
+
+
+def _trailing_pad(sequence: torch.Tensor, pad: int | None, eos: int | None) -> torch.Tensor:
+    """AutoModel's right-trailing pad mask (formatting_utils._get_right_trailing_pad_mask): the
+    pad id's positions; when pad == eos, the trailing run of that id after its first (the real EOS)."""
+    if pad is None:
+        return torch.zeros(sequence.shape, dtype=torch.bool)
+    if pad != eos:
+        return sequence == pad
+    mask = torch.zeros(sequence.shape, dtype=torch.bool)
+    content = (sequence != pad).nonzero(as_tuple=True)[0]
+    mask[(int(content[-1]) + 2) if len(content) else 1:] = True
+    return mask
+
+
+class PretrainingSplit(torch.utils.data.Dataset):
+    """One split of a GPT blend with AutoModel's items and `len()` (capped at the samples asked for)."""
+
+    def __init__(self, dataset: GPTDataset, num_samples: int | None, pad_id: int | None, eos_id: int | None,
+                 create_attention_mask: bool):
+        self.dataset, self.pad_id, self.eos_id, self.create_attention_mask = dataset, pad_id, eos_id, create_attention_mask
+        self.length = len(dataset) if num_samples is None else min(num_samples, len(dataset))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = self.dataset[i]
+        tokens, labels = item["tokens"].long().clone(), item["labels"].long().clone()
+        attention_mask, loss_mask, _ = masks_and_position_ids(tokens, -10000, create_attention_mask=self.create_attention_mask)
+        tokens_pad, labels_pad = _trailing_pad(tokens, self.pad_id, self.eos_id), _trailing_pad(labels, self.pad_id, self.eos_id)
+        loss_mask[labels_pad] = 0.0
+        tokens[tokens_pad] = 0
+        labels[labels_pad] = 0
+        # a blend's items say their dataset first, as a numpy int16 like AutoModel's BlendedDataset
+        blend = {"dataset_id": np.int16(int(item["dataset_id"]))} if "dataset_id" in item else {}
+        if self.create_attention_mask:
+            return {**blend, "input_ids": tokens, "labels": labels, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        return {**blend, "input_ids": tokens, "labels": labels, "loss_mask": loss_mask}
+
+
+def sample_counts(num_train, num_val, num_test, max_steps, global_batch_size, val_check_interval, limit_val_batches,
+                  per_split: bool) -> list:
+    """[train, validation, test] sample counts as AutoModel's MegatronPretraining.build derives them
+    (None: one epoch). Without max_steps and num_train_samples, train is one epoch and validation
+    too; with them, validation is (train steps // val_check_interval) * limit_val_batches * global
+    batch size unless num_val_samples says (0 when training is shorter than one check interval)."""
+    steps = max_steps
+    train = None if steps is None or steps == -1 else int(steps * global_batch_size)
+    if num_train is not None:
+        if train is not None and num_train < train:
+            raise ValueError(f"num_train_samples must be greater than or equal to {train}.")
+        train, steps = num_train, int(num_train / global_batch_size)
+    if num_val is not None:
+        val = num_val
+    elif steps is None or steps == -1:
+        val = None
+    else:
+        val = int(steps // val_check_interval) * limit_val_batches * global_batch_size
+    if isinstance(limit_val_batches, float) and 0.0 < limit_val_batches <= 1.0:
+        if not per_split:
+            raise ValueError("When using a single data distribution, limit_val_batches <= 1.0 is not supported; "
+                             "pass a dict of paths with train, validation and test entries")
+        val = None  # one epoch on every validation
+    return [train, val, num_test]
+
+
+def MegatronPretraining(paths, seq_length: int = 2048, tokenizer=None, micro_batch_size: int = 4, global_batch_size: int = 8,
+                        create_attention_mask: bool = False, seed: int = 1234, split: str = "900,50,50",
+                        index_mapping_dir: str | None = None, num_dataset_builder_threads: int = 1,
+                        num_train_samples: int | None = None, num_val_samples: int | None = None,
+                        num_test_samples: int | None = None, trainer_max_steps: int | None = None,
+                        trainer_val_check_interval: int = 1000, trainer_limit_val_batches: int | float = 1,
+                        trainer_limit_test_batches: int | float = 1, mmap_bin_files: bool = True,
+                        splits_to_build: str = "train", **unused) -> PretrainingSplit:
+    """The `splits_to_build` split of AutoModel's MegatronPretraining over prep outputs (folders or
+    manifests), Megatron prefixes, zipped weight lists, a dict of per-split lists, or a JSON file
+    of either. Sample counts come from the YAML (an external target gets no training schedule):
+    None is one epoch, as AutoModel derives the counts. `tokenizer` (AutoModel passes its own) gives the pad and EOS ids; the EOD id
+    comes from the manifests, else the tokenizer's EOS. Batch sizes and trainer limits matter only
+    for the sample counts (see `sample_counts`); the builder's threads and mmap options change nothing."""
+    if unused:
+        raise TypeError(f"MegatronPretraining: unknown or unsupported argument(s) {sorted(unused)}")
+    if not isinstance(splits_to_build, str) or splits_to_build not in ("train", "validation", "test"):
+        raise ValueError(f"splits_to_build={splits_to_build!r}: name one split, train, validation or test")
+    if isinstance(paths, (str, Path)) and str(paths).endswith(".json") and Path(paths).is_file():
+        paths = json.loads(Path(paths).read_text())
+    split_index = SPLIT_NAMES[splits_to_build]
+    if isinstance(split, (list, tuple)):
+        split = ", ".join(str(x) for x in split)
+    num_samples = sample_counts(num_train_samples, num_val_samples, num_test_samples, trainer_max_steps, global_batch_size,
+                                trainer_val_check_interval, trainer_limit_val_batches, isinstance(paths, dict))
+    pad_id = getattr(tokenizer, "pad_token_id", AUTOMODEL_PAD) if tokenizer is not None else AUTOMODEL_PAD
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    options = dict(seq_length=seq_length, num_samples=num_samples, seed=seed, cache_dir=index_mapping_dir,
+                   create_attention_mask=create_attention_mask)
+
+    def build(eod_id):
+        if isinstance(paths, dict):
+            blends = [None, None, None]
+            for name, value in paths.items():
+                blends[SPLIT_NAMES[name]] = _blend(value)
+            built = GPTDataset.per_split(blends, eod_id=eod_id, **options)[split_index]
+            if built is None:
+                raise ValueError(f"paths has no {splits_to_build} entry")
+            return built
+        prefixes, weights = _blend(paths)
+        return GPTDataset(prefixes, weights if len(prefixes) > 1 else None, split=split, split_index=split_index,
+                          eod_id=eod_id, **options)
+
+    try:
+        dataset = build(None)  # the EOD id the manifests name
+    except ValueError as exc:
+        if "names the EOD token" not in str(exc) or eos_id is None:
+            raise
+        dataset = build(eos_id)  # Megatron prefixes without a manifest: the tokenizer's EOS
+    return PretrainingSplit(dataset, num_samples[split_index], pad_id, eos_id, create_attention_mask)
