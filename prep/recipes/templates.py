@@ -16,6 +16,8 @@ import re
 
 import orjson
 
+from prep.errors import PrepError
+
 OPEN, CLOSE, R_OPEN, R_CLOSE = "\ue000", "\ue001", "\ue002", "\ue003"
 GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
 REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
@@ -23,6 +25,25 @@ REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 class BadConversation(ValueError):
     """A record that can't be rendered with exact masks; the message is the reason."""
+
+
+class TemplateError(PrepError):
+    """The template itself is unusable (it does not parse, breaks the sandbox, or refuses even a
+    plain user/assistant exchange): one line before any record is read."""
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+
+
+def _template_error(exc: BaseException) -> TemplateError | None:
+    """The template's own fault, not the record's: a parse error (with its line) or the sandbox."""
+    name = type(exc).__name__
+    if name == "TemplateSyntaxError":
+        return TemplateError(f"the chat template does not parse (line {getattr(exc, 'lineno', '?')}: {_reason(exc)})")
+    if name == "SecurityError":
+        return TemplateError(f"the chat template breaks the sandbox ({_reason(exc)})")
+    return None
 
 
 class ChatTemplate:
@@ -33,48 +54,78 @@ class ChatTemplate:
         self.template, self.special_tokens = template, special_tokens
         self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
         self.generation = bool(GENERATION.search(template))
-        if self.generation:  # the spans come from transformers' own generation tracker
-            from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
+        try:
+            if self.generation:  # the spans come from transformers' own generation tracker
+                from transformers.utils.chat_template_utils import _compile_jinja_template, render_jinja_template
 
-            self._render_jinja, self._compiled = render_jinja_template, _compile_jinja_template(template)
-        else:
-            from prep.recipes.jinja import compile_template  # jinja2 only where a template renders
+                self._render_jinja, self._compiled = render_jinja_template, _compile_jinja_template(template)
+            else:
+                from prep.recipes.jinja import compile_template  # jinja2 only where a template renders
 
-            self._compiled = compile_template(template)
-        # Templates differ on tool-call arguments: an object (HF's convention) or a JSON string
-        # (DeepSeek-V3 concatenates them). Ask the template once.
+                self._compiled = compile_template(template)
+        except Exception as exc:
+            raise _template_error(exc) or TemplateError(f"the chat template does not compile ({_reason(exc)})") from None
+        # The probes below learn how the template renders. A strict template may refuse some of them
+        # (a system turn, reasoning, tools): a refused probe says nothing and never fails the run; the
+        # records themselves are refused one by one if the template refuses them.
+        # Tool-call arguments: an object (HF's convention) or a JSON string (DeepSeek-V3 concatenates them).
         self.string_arguments = False
         call = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "",
                  "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]
-        try:
-            self.render(call, None)
-        except BadConversation:
-            self.string_arguments = True
+        if not self._accepts(call):
+            self.string_arguments = self._accepts([call[0], _with_arguments(call[1], True)])
         # Does the template insert assistant content and reasoning verbatim? Then one marked
         # render per record is enough; otherwise every record is also rendered plain to check.
-        self.faithful = all(self._marks_round_trip(messages) for messages in _PROBES)
-        probe = self.render([{"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
+        verdicts = []
+        for messages in _PROBES:
+            try:
+                verdicts.append(self._marks_round_trip(messages))
+            except BadConversation:
+                continue
+        self.faithful = bool(verdicts) and all(verdicts)
+        self.probes_refused = len(_PROBES) - len(verdicts)
         # The end-of-turn token: the added token the template emits right after assistant content.
+        probe = None
+        for head in ([], [{"role": "system", "content": "S"}]):
+            try:
+                probe = self.render([*head, {"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
+                break
+            except BadConversation as exc:
+                refusal = exc
+        if probe is None:
+            reason = str(refusal).removeprefix("the chat template refused it (").removesuffix(")")
+            raise TemplateError(f"the chat template refuses even a plain user/assistant exchange ({reason})")
         after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
         self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
+
+    def _accepts(self, messages: list[dict]) -> bool:
+        try:
+            self.render(messages, None)
+            return True
+        except BadConversation:
+            return False
+
+    @property
+    def method(self) -> str:
+        """How the trained spans are found, for the manifest."""
+        if self.generation:
+            return "generation blocks"
+        return "marked render" if self.faithful else "marked render checked against a plain render, else prefix renders"
 
     def render(self, messages: list[dict], tools, generation_prompt: bool = False, indices: bool = False):
         """The rendered text, or (text, generation spans) with `indices`: what transformers'
         `apply_chat_template` renders (our records are plain JSON already, so only the
         reasoning aliases it adds are needed before calling the compiled template)."""
-        if not indices:
-            try:
+        try:
+            if not indices:
                 return self._compiled.render(messages=_alias_reasoning(messages), tools=tools, documents=None,
                                              add_generation_prompt=generation_prompt, **self.special_tokens)
-            except Exception as exc:
-                raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
-        try:
             rendered, spans = self._render_jinja([messages], tools=tools, chat_template=self.template,
                                                  add_generation_prompt=generation_prompt,
                                                  return_assistant_tokens_mask=indices, **self.special_tokens)
-        except Exception as exc:  # jinja's raise_exception and template errors are data problems here
-            raise BadConversation(f"the chat template failed on this conversation ({str(exc).splitlines()[0][:200]})") from None
-        return (rendered[0], spans[0]) if indices else rendered[0]
+        except Exception as exc:  # raise_exception, an undefined name, a type error: this record's problem
+            raise _template_error(exc) or BadConversation(f"the chat template refused it ({_reason(exc)})") from None
+        return rendered[0], spans[0]
 
     def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
         """(rendered text, trained character spans in order)."""

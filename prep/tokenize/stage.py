@@ -209,7 +209,10 @@ class TokenizeStage(Stage):
         wd.write_job(workdir, job)
 
     def _pool(self, job, pending, workers, encoder, tokenizer_json, run, check) -> None:
-        load_state(job, encoder, tokenizer_json)  # forked workers inherit the loaded tokenizer (loading one can take seconds)
+        recipe = load_state(job, encoder, tokenizer_json)  # forked workers inherit the loaded tokenizer (loading one can take seconds)
+        template = getattr(recipe, "template", None)
+        if template is not None:  # how the trained spans are found, in the manifest
+            job["tokenizer"]["mask_method"] = template.method
         spawn_job = {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend}
         run.executor.run(open_worker, spawn_job, [None] * workers, pending, run.report, "fork", while_running=check,
                          died=lambda slot, how: f"a worker process died ({how}; killed, or out of memory?); the units finished "

@@ -23,11 +23,13 @@ SAMPLE_BYTES = 128 << 10
 _STATE: dict = {}  # the job, the loaded encoder and recipe; forked workers inherit it
 
 
-def load_state(job: dict, encoder: Encoder, tokenizer_json: str) -> None:
-    """Set this process's state (before workers fork from it, so they inherit the encoder)."""
+def load_state(job: dict, encoder: Encoder, tokenizer_json: str):
+    """Set this process's state (before workers fork from it, so they inherit the encoder).
+    Returns the recipe instance (a template that can't be used fails here, before any unit)."""
+    recipe = recipes.get(job["recipe"])(job, tokenizer_json)
     _STATE.clear()
-    _STATE.update(job, encoder=encoder, recipe_state=recipes.get(job["recipe"])(job, tokenizer_json),
-                  tokenizer_json=tokenizer_json, encoder_backend=encoder.backend)
+    _STATE.update(job, encoder=encoder, recipe_state=recipe, tokenizer_json=tokenizer_json, encoder_backend=encoder.backend)
+    return recipe
 
 
 def open_worker(job: dict, slot, child: bool) -> "Worker":
