@@ -139,14 +139,12 @@ def MegatronPretraining(paths, seq_length: int = 2048, tokenizer=None, micro_bat
                    create_attention_mask=create_attention_mask)
 
     def build(eod_id):
-        if isinstance(paths, dict):
-            blends = [None, None, None]
-            for name, value in paths.items():
-                blends[SPLIT_NAMES[name]] = _blend(value)
-            built = GPTDataset.per_split(blends, eod_id=eod_id, **options)[split_index]
-            if built is None:
+        if isinstance(paths, dict):  # each split reads its own blend whole: only the one asked for is built
+            wanted = [value for name, value in paths.items() if SPLIT_NAMES[name] == split_index]
+            if not wanted:
                 raise ValueError(f"paths has no {splits_to_build} entry")
-            return built
+            blends = [_blend(wanted[-1]) if i == split_index else None for i in range(3)]
+            return GPTDataset.per_split(blends, eod_id=eod_id, **options)[split_index]
         prefixes, weights = _blend(paths)
         return GPTDataset(prefixes, weights if len(prefixes) > 1 else None, split=split, split_index=split_index,
                           eod_id=eod_id, **options)

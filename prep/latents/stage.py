@@ -20,9 +20,8 @@ from prep.latents import buckets, media
 from prep.latents import finalize as finalizing
 from prep.latents.families import family_class, resolve_components
 from prep.latents.settings import DEFAULT_UNIT_ITEMS, LatentsConfig, encoder_identity, fingerprint_of, settings_of
-from prep.latents.worker import devices_for, open_worker
+from prep.latents.worker import decode_workers, devices_for, open_worker
 from prep.pipeline import workdir as wd
-from prep.pipeline.processes import default_workers
 from prep.pipeline.stage import Stage
 from prep.pipeline.units import Unit
 
@@ -57,8 +56,7 @@ class LatentsStage(Stage):
         devices = devices_for(cfg["device"])
         self.started, self.single = time.perf_counter(), len(devices) == 1
         if self.single:
-            workers = cfg["decode_workers"] or max(1, default_workers() - 1)
-            run.log(f"encoder: {cfg['family']} on {devices[0]} ({cfg['precision']}), {workers} decode worker(s)")
+            run.log(f"encoder: {cfg['family']} on {devices[0]} ({cfg['precision']}), {decode_workers(cfg)} decode worker(s)")
         else:
             run.log(f"encoder: {cfg['family']} on {', '.join(devices)}: one process each, units shared by work stealing")
         try:

@@ -32,6 +32,11 @@ from prep.pipeline.units import Unit
 from prep.pipeline.workdir import read_plan, write_done
 
 
+def decode_workers(config: dict) -> int:
+    """Decode processes per device: --decode-workers, else the usable CPUs minus one."""
+    return config["decode_workers"] or max(1, default_workers() - 1)
+
+
 def open_worker(job: dict, device: str, child: bool) -> "DeviceWorker":
     """The executor's factory: a device worker reporting to the executor."""
     return DeviceWorker(job, device)
@@ -92,7 +97,7 @@ class DeviceWorker:
         self.plan_items = read_plan(self.workdir)["items"]
         self.table = [buckets.Bucket(b["id"], *b["resolution"]) for b in job["table"]]
         self.family_cls = family_class(cfg["family"])
-        self.workers = workers = cfg["decode_workers"] or max(1, default_workers() - 1)
+        self.workers = workers = decode_workers(cfg)
         # Decoders fork before the models load: small children, no CUDA state in them.
         self.pool = _decoders(workers, "fork")
         self.window = max(2 * cfg["batch_size"], 2 * workers)

@@ -90,15 +90,14 @@ def _run_pending(stage: Stage, job: dict, pending: list[Unit], progress: bool, l
 
     def report(kind: str, value) -> None:
         nonlocal done
-        if kind == "progress":
-            bar.update(value)
-            stage.event(totals, kind, value)
-        elif kind == "done":
+        if kind == "done":
             bar.update(stage.account(totals, value))
             done += 1
             faults.after_units_done(done)
-        else:
-            stage.event(totals, kind, value)
+            return
+        if kind == "progress":
+            bar.update(value)
+        stage.event(totals, kind, value)
 
     try:
         stage.execute(job, pending, Run(LocalExecutor(), report, log, totals))
@@ -112,11 +111,10 @@ def finalize_output(output: str, started: float) -> dict | None:
     if (out / wd.MANIFEST_NAME).exists():
         echo(f"{output}: already complete")
         return None
-    job_file = out / wd.WORKDIR / "job.json"
-    if not job_file.exists():
+    if not (wd.workdir_of(out) / "job.json").exists():
         raise PrepError(f"{output}: no prep run here (no {wd.WORKDIR}/job.json)")
     with wd.output_lock(out):
-        job = {**json.loads(job_file.read_text()), "complete": False}
+        job = {**wd.read_job(wd.workdir_of(out)), "complete": False}
         stage = stage_for(job.get("kind", "tokens"))()
         manifest = stage.finalize(job, {"wall_s": None})
         say(stage.summary(manifest, None, time.time() - started))

@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 
 from prep.recipes.base import Recipe
-from prep.recipes.templates import BadConversation, ChatTemplate, TemplateError
+from prep.recipes.templates import BadConversation, ChatTemplate
 
 
 def _byte_level_alphabet() -> set[str]:
@@ -95,12 +95,9 @@ class SFTRecipe(Recipe):
             raise BadConversation("the tokenizer has no chat template; pass --chat-template FILE.jinja")
         added = [t["content"] for t in orjson.loads(tokenizer_json).get("added_tokens", [])]
         c = job["config"]
-        self.template_source = c.get("chat_template") or f"{c.get('tokenizer')} (its chat template)"
-        try:
-            self.template = ChatTemplate(chat_template, job["special_tokens_map"], added, options.mask_reasoning,
-                                         options.last_turn_only) if needs_template else None
-        except TemplateError as exc:
-            raise TemplateError(f"{self.template_source}: {exc.message}") from None
+        source = c.get("chat_template") or f"{c.get('tokenizer')} (its chat template)"
+        self.template = ChatTemplate(chat_template, job["special_tokens_map"], added, options.mask_reasoning,
+                                     options.last_turn_only, source) if needs_template else None
 
     def source_keys(self) -> list[str] | None:
         return list(self.options.columns.values()) if self.options.columns else None
@@ -137,10 +134,8 @@ class SFTRecipe(Recipe):
             try:
                 rendered.append(self.render(record))
                 where.append(j)
-            except BadConversation as exc:
+            except BadConversation as exc:  # a TemplateError (the template's own fault) goes on up
                 rejects.add(path, lambda j=j: locate(j), str(exc))
-            except TemplateError as exc:  # the template's own fault (the sandbox): not this record's
-                raise TemplateError(f"{self.template_source}: {exc.message}") from None
         ids, offsets = encoder.encode([text for text, _ in rendered])
         tokens, masks, lengths = [], [], []
         for k, (text, spans) in enumerate(rendered):

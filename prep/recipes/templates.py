@@ -36,13 +36,13 @@ def _reason(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _template_error(exc: BaseException) -> TemplateError | None:
+def _template_fault(exc: BaseException) -> str | None:
     """The template's own fault, not the record's: a parse error (with its line) or the sandbox."""
     name = type(exc).__name__
     if name == "TemplateSyntaxError":
-        return TemplateError(f"the chat template does not parse (line {getattr(exc, 'lineno', '?')}: {_reason(exc)})")
+        return f"does not parse (line {getattr(exc, 'lineno', '?')}: {_reason(exc)})"
     if name == "SecurityError":
-        return TemplateError(f"the chat template breaks the sandbox ({_reason(exc)})")
+        return f"breaks the sandbox ({_reason(exc)})"
     return None
 
 
@@ -50,8 +50,8 @@ class ChatTemplate:
     """Renders conversations and finds their trained character spans."""
 
     def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
-                 last_turn_only: bool = False):
-        self.template, self.special_tokens = template, special_tokens
+                 last_turn_only: bool = False, source: str = "the chat template"):
+        self.template, self.special_tokens, self.source = template, special_tokens, source
         self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
         self.generation = bool(GENERATION.search(template))
         try:
@@ -64,7 +64,7 @@ class ChatTemplate:
 
                 self._compiled = compile_template(template)
         except Exception as exc:
-            raise _template_error(exc) or TemplateError(f"the chat template does not compile ({_reason(exc)})") from None
+            raise self._unusable(_template_fault(exc) or f"does not compile ({_reason(exc)})") from None
         # The probes below learn how the template renders. A strict template may refuse some of them
         # (a system turn, reasoning, tools): a refused probe says nothing and never fails the run; the
         # records themselves are refused one by one if the template refuses them.
@@ -83,7 +83,6 @@ class ChatTemplate:
             except BadConversation:
                 continue
         self.faithful = bool(verdicts) and all(verdicts)
-        self.probes_refused = len(_PROBES) - len(verdicts)
         # The end-of-turn token: the added token the template emits right after assistant content.
         probe = None
         for head in ([], [{"role": "system", "content": "S"}]):
@@ -94,9 +93,13 @@ class ChatTemplate:
                 refusal = exc
         if probe is None:
             reason = str(refusal).removeprefix("the chat template refused it (").removesuffix(")")
-            raise TemplateError(f"the chat template refuses even a plain user/assistant exchange ({reason})")
+            raise self._unusable(f"refuses even a plain user/assistant exchange ({reason})")
         after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
         self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
+
+    def _unusable(self, what: str) -> TemplateError:
+        """The one line for a template that can't be used, naming where it came from."""
+        return TemplateError(f"{self.source}: the chat template {what}")
 
     def _accepts(self, messages: list[dict]) -> bool:
         try:
@@ -124,7 +127,8 @@ class ChatTemplate:
                                                  add_generation_prompt=generation_prompt,
                                                  return_assistant_tokens_mask=indices, **self.special_tokens)
         except Exception as exc:  # raise_exception, an undefined name, a type error: this record's problem
-            raise _template_error(exc) or BadConversation(f"the chat template refused it ({_reason(exc)})") from None
+            fault = _template_fault(exc)
+            raise (self._unusable(fault) if fault else BadConversation(f"the chat template refused it ({_reason(exc)})")) from None
         return rendered[0], spans[0]
 
     def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:

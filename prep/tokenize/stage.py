@@ -110,11 +110,12 @@ class TokenizeStage(Stage):
         if (out / MANIFEST_NAME).exists():
             return {"complete": True, "out": str(out)}
 
-        plan = make_plan(config.inputs, config.unit_bytes)
+        unit_bytes = config.unit_bytes
+        if unit_bytes is None and (workdir / "plan.json").exists():  # keep the unit size the run started with
+            unit_bytes = wd.read_plan(workdir)["unit_bytes"]
+        plan = make_plan(config.inputs, unit_bytes)
         (workdir / "parts").mkdir(parents=True, exist_ok=True)
         (workdir / "done").mkdir(exist_ok=True)
-        if (workdir / "plan.json").exists() and config.unit_bytes is None:  # keep the unit size the run started with
-            plan = make_plan(config.inputs, wd.read_plan(workdir)["unit_bytes"])
         wd.write_plan(workdir, plan, f"{out}: the inputs changed since this output was started, or --unit-size did (files, sizes, "
                                      "modification times or units differ); restore them, or pass --overwrite to start again")
         job = {
