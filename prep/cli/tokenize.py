@@ -37,6 +37,14 @@ from prep.tokenize.stage import TokenizeStage
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for packing order and tie-breaks.")
 @click.option("--overlong", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True,
               help="SFT: what to do with a sample over --max-length; counted in the manifest either way.")
+@click.option("--query-prefix", default="", help='retrieval: prefix joined to each query with a space (e.g. "query:"), as AutoModel\'s collator does.')
+@click.option("--passage-prefix", default="", help='retrieval: prefix joined to each document with a space (e.g. "passage:").')
+@click.option("--use-dataset-instruction", is_flag=True,
+              help="retrieval: use each corpus's query_instruction / passage_instruction (merlin_metadata.json) instead of the prefixes.")
+@click.option("--query-max-length", type=click.IntRange(min=1), default=None,
+              help="retrieval: store at most N tokens a query (special tokens counted). Default: whole; the loader truncates.")
+@click.option("--doc-max-length", type=click.IntRange(min=1), default=None,
+              help="retrieval: store at most N tokens a document (special tokens counted). Default: whole.")
 @click.option("--format", "format_", type=click.Choice(["megatron", "nanogpt"]), default="megatron", show_default=True,
               help="megatron: .bin/.idx indexed datasets. nanogpt: token shards with a 256-int32 header and .bos.idx.")
 @click.option("--nanogpt-header", type=click.Choice(["current", "legacy"]), default="current", show_default=True,
@@ -68,13 +76,15 @@ from prep.tokenize.stage import TokenizeStage
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
 def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, use_chat_template, mask_reasoning,
-             last_turn_only, max_length, pack, pack_window, seed, overlong, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
+             last_turn_only, max_length, pack, pack_window, seed, overlong, query_prefix, passage_prefix,
+             use_dataset_instruction, query_max_length, doc_max_length, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
              shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
-    """Tokenize INPUT files (JSONL[.gz|.zst], Parquet, HF save_to_disk folders) into Megatron datasets.
+    """Tokenize INPUT files (JSONL[.gz|.zst], JSON, CSV/TSV, Parquet, HF save_to_disk folders) into Megatron datasets.
 
     \b
     Example:
       prep tokenize corpus/*.jsonl.zst -o out/ --tokenizer path/to/tokenizer_dir --workers 16
+      prep tokenize train.jsonl -o out/retr --recipe retrieval --tokenizer DIR --query-prefix query: --passage-prefix passage:
     """
     started = time.time()
     workers = workers or default_workers()
@@ -82,7 +92,9 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
     config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe,
                             chat_template=chat_template, columns=column_map, preset=preset, use_chat_template=use_chat_template,
                             mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, max_length=max_length, overlong=overlong,
-                            pack=pack, pack_window=pack_window, seed=seed, format=format_, nanogpt_header=nanogpt_header,
+                            pack=pack, pack_window=pack_window, seed=seed, query_prefix=query_prefix,
+                            passage_prefix=passage_prefix, use_dataset_instruction=use_dataset_instruction,
+                            query_max_length=query_max_length, doc_max_length=doc_max_length, format=format_, nanogpt_header=nanogpt_header,
                             keys=list(keys), eod=eod, bos=bos, eod_token=eod_token, bos_token=bos_token,
                             split_special_tokens=split_special_tokens, shard_tokens=shard_tokens, unit_bytes=unit_bytes,
                             workers=workers, skip_invalid=skip_invalid, backend=backend)

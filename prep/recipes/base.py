@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prep.registry import Registry
 
-RECIPES = Registry("prep.recipes", ("text", "chat", "instruction", "completion"))
+RECIPES = Registry("prep.recipes", ("text", "chat", "instruction", "completion", "retrieval"))
 register = RECIPES.register
 
 
@@ -19,6 +19,7 @@ class Recipe:
     help = ""  # one sentence for --recipe's help ("" to share the one before it)
     loss_mask = False  # writes `tokens` and a parallel `loss_mask` dataset (the SFT recipes)
     takes_columns = False  # reads --columns role=column pairs
+    keys: list[str] | None = None  # the datasets it writes, when not one per --text-key (nor tokens + loss_mask)
 
     def __init__(self, job: dict, tokenizer_json: str):
         self.job = job
@@ -31,6 +32,32 @@ class Recipe:
     def source_keys(self) -> list[str] | None:
         """The record keys the sources need to read (None: every column)."""
         return self.job["keys"]
+
+    @classmethod
+    def prepare(cls, config, spec) -> dict:
+        """Check and settle the config for this recipe before the plan; returns fields for the job."""
+        return {}
+
+    @classmethod
+    def finalize_parts(cls, job: dict, workdir, out, units) -> tuple[dict, dict, dict] | None:
+        """(datasets, stats, manifest fields) when the recipe merges its own parts; None: the
+        standard merge of each key's parts."""
+        return None
+
+    @classmethod
+    def probe_keys(cls) -> list[str] | None:
+        """Record keys whose texts probe the fast tokenizer backend (None: the datasets' keys)."""
+        return None
+
+    def open_unit(self, parts, unit) -> None:
+        """Called before a unit's first batch (a recipe writing more than token datasets opens its parts)."""
+
+    def close_unit(self) -> dict:
+        """Called once a unit's datasets are committed: commit the rest; returns fields for its done-record."""
+        return {}
+
+    def abort_unit(self) -> None:
+        """Called when a unit fails: drop what open_unit started."""
 
     def encode_batch(self, records: list[dict], locate, path: str, rejects, writers: dict, encoder, counts: dict) -> int:
         """Encode `records` (bad ones to `rejects`, `locate(j)` gives record j's line) and write

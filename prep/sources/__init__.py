@@ -1,4 +1,4 @@
-"""Records from JSONL (.gz/.zst), Parquet and local Hugging Face datasets, streamed in batches.
+"""Records from JSONL (.gz/.zst), JSON documents, CSV/TSV, Parquet and local Hugging Face datasets, streamed in batches.
 
 A source expands the user's inputs into files (`expand_inputs`), cuts each file into work
 units (`plan_file`), and reads a unit as batches of records (`read_unit`).
@@ -18,14 +18,26 @@ from prep.errors import PrepError
 KINDS = {
     ".jsonl.zst": "jsonl.zst", ".json.zst": "jsonl.zst", ".jsonl.gz": "jsonl.gz", ".json.gz": "jsonl.gz",
     ".jsonl": "jsonl", ".json": "jsonl", ".zst": "jsonl.zst", ".gz": "jsonl.gz",
-    ".parquet": "parquet", ".arrow": "arrow",
+    ".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".tsv": "tsv",
 }
 # Modules imported on first use: pyarrow alone costs a tenth of a second at every start.
-READERS = {"jsonl": "jsonl", "jsonl.gz": "jsonl", "jsonl.zst": "jsonl", "parquet": "parquet", "arrow": "arrow"}
+READERS = {"jsonl": "jsonl", "jsonl.gz": "jsonl", "jsonl.zst": "jsonl", "parquet": "parquet", "arrow": "arrow",
+           "csv": "delimited", "tsv": "delimited", "json": "json_document"}
 
 
 def _reader(path: str | Path):
-    return importlib.import_module(f"prep.sources.{READERS[kind_of(path)]}")
+    return importlib.import_module(f"prep.sources.{READERS[file_kind(path)]}")
+
+
+def file_kind(path: str | Path) -> str | None:
+    """kind_of, and for a plain `.json` file a look inside: JSON Lines, or one JSON document."""
+    kind = kind_of(path)
+    if kind == "jsonl" and str(path).lower().endswith(".json"):
+        from prep.sources import json_document
+
+        if json_document.is_document(Path(path)):
+            return "json"
+    return kind
 
 
 def kind_of(path: str | Path) -> str | None:
@@ -55,11 +67,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_dir():
             files = _folder_files(path)
             if not files:
-                raise PrepError(f"{path}: no .jsonl, .json, .gz, .zst, .parquet or .arrow files in this folder")
+                raise PrepError(f"{path}: no .jsonl, .json, .gz, .zst, .csv, .tsv, .parquet or .arrow files in this folder")
             found.update(files)
         elif path.is_file():
             if kind_of(path) is None:
-                raise PrepError(f"{path}: unknown input type; expected .jsonl/.json (optionally .gz/.zst), .parquet or .arrow")
+                raise PrepError(f"{path}: unknown input type; expected .jsonl/.json (optionally .gz/.zst), .csv, .tsv, .parquet or .arrow")
             found.add(path)
         elif glob.has_magic(item):
             matches = [Path(p) for p in glob.glob(item, recursive=True) if kind_of(p)]
@@ -92,9 +104,9 @@ def _folder_files(folder: Path) -> list[Path]:
 
 def plan_file(path: Path, unit_bytes: int) -> list[tuple[int, int]]:
     """(start, stop) pairs, one a unit, whose meaning is the reader's (byte range, row groups...)."""
-    return _reader(path).plan(path, kind_of(path), unit_bytes)
+    return _reader(path).plan(path, file_kind(path), unit_bytes)
 
 
 def read_unit(path: str, start: int, stop: int, keys: list[str], rejects, batch_bytes: int):
     """Batches (records, first_index) of the unit: records are dicts holding at least `keys`."""
-    return _reader(path).read(Path(path), kind_of(path), start, stop, keys, rejects, batch_bytes)
+    return _reader(path).read(Path(path), file_kind(path), start, stop, keys, rejects, batch_bytes)

@@ -37,6 +37,12 @@ class TokenizeConfig:
     pack: int | None = None  # pack capacity in tokens
     pack_window: int = 20_000
     seed: int = 1234
+    # retrieval
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    use_dataset_instruction: bool = False
+    query_max_length: int | None = None
+    doc_max_length: int | None = None
     workers: int = 1
     skip_invalid: bool = False
     backend: str = "auto"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from prep import manifest as manifest_mod
+from prep import manifest as manifest_mod, recipes
 from prep.errors import PrepError
 from prep.pipeline import faults, workdir as wd
 from prep.pipeline.units import Unit
@@ -27,7 +27,11 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
                         f"{f' ({skipped:,} skipped as bad)' if skipped else ''}; nothing to write: check the inputs and --text-key")
     units = [Unit.from_json(r["unit"]) for r in records]
     shard_tokens = job["config"]["shard_tokens"]
-    if job["format"] == "nanogpt":
+    custom = recipes.get(job["recipe"]).finalize_parts(job, workdir, out, units)
+    extra_stats, extra_fields = {}, {}
+    if custom is not None:
+        datasets, extra_stats, extra_fields = custom
+    elif job["format"] == "nanogpt":
         legacy = job["config"]["nanogpt_header"] == "legacy"
         datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy) for key in job["keys"]}
     else:
@@ -56,11 +60,13 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
         "dropped_overlong": sum(r.get("dropped_overlong", 0) for r in records),
         "length_histogram": first.get("length_histogram"),
         **({"packing": first["packing"]} if "packing" in first else {}),
+        **extra_stats,
     }
     inputs = [{"path": f["path"], "bytes": f["bytes"], "records": per_input.get(f["path"], 0)} for f in plan["inputs"]]
     manifest = manifest_mod.build("tokens", job["format"], job["fingerprint"], job["config"], job["tokenizer"],
                                   inputs, datasets, stats, timings)
     manifest["config"]["recipe"] = job["recipe"]
+    manifest.update(extra_fields)
     manifest_mod.write(out, manifest)
     shutil.rmtree(workdir, ignore_errors=True)
     return manifest
@@ -74,6 +80,13 @@ def summary(manifest: dict, totals: dict | None, wall: float) -> str:
     lines = [
         f"documents   {stats['documents']:,}" + (f" ({stats['empty_documents']:,} empty)" if stats["empty_documents"] else ""),
         f"tokens      {stats['tokens']:,}",
+    ]
+    if "distinct_documents" in stats:  # retrieval: queries are the documents counted above
+        negatives = stats["negatives_per_query"]
+        lines[0] = f"queries     {stats['queries']:,}"
+        lines += [f"documents   {stats['distinct_documents']:,} distinct, stored once ({stats['documents_referenced']:,} references)",
+                  f"negatives   {negatives['min']}..{negatives['max']} a query (mean {negatives['mean']}); table {stats['table_bytes'] / 1e6:,.2f} MB"]
+    lines += [
         f"bytes in    {bytes_in / 1e6:,.1f} MB in {len(manifest['inputs'])} file(s)",
         f"bytes out   {bytes_out / 1e6:,.1f} MB in {sum(len(d['shards']) for d in manifest['datasets'].values())} shard(s)",
     ]

@@ -74,6 +74,7 @@ class TokenizeStage(Stage):
         recipe = recipes.get(config.recipe)
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
+        recipe_job = recipe.prepare(config, spec)
         if sft and nanogpt_format:
             raise PrepError(f"--recipe {config.recipe} writes Megatron datasets (tokens + loss_mask); --format nanogpt is for --recipe text")
         template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
@@ -83,6 +84,8 @@ class TokenizeStage(Stage):
             config.bos = nanogpt_format and spec.bos_id is not None
         if config.eod is None:  # Megatron's --append-eod; NanoGPT's BOS delimits documents; chat templates end turns
             config.eod = not nanogpt_format and not recipe.needs_template(config)
+        if recipe.keys:
+            config.keys = list(recipe.keys)
         if sft:
             config.keys = ["tokens", "loss_mask"]
         else:
@@ -125,7 +128,7 @@ class TokenizeStage(Stage):
             "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
             "skip_invalid": config.skip_invalid, "backend": config.backend, "format": config.format, "recipe": config.recipe,
             "dtypes": {"loss_mask": "uint8"} if sft else {}, "chat_template": template if sft else None,
-            "special_tokens_map": spec.special_tokens_map,
+            "special_tokens_map": spec.special_tokens_map, **recipe_job,
         }
         wd.write_job(workdir, job)
         durable.write_bytes(workdir / "tokenizer.json", spec.json.encode())
@@ -141,7 +144,8 @@ class TokenizeStage(Stage):
         # A whole job of one unsharded, unpacked Megatron dataset per key: the final .bin files are
         # assembled while units run, and handed to finalize.
         c, self.units = job["config"], units
-        if whole and job["format"] == "megatron" and not c["shard_tokens"] and not c.get("pack"):
+        if (whole and job["format"] == "megatron" and not c["shard_tokens"] and not c.get("pack")
+                and recipes.get(job["recipe"]).keys is None):
             self.merger = megatron.StreamingMerge(Path(job["workdir"]), Path(job["out"]), units, job["keys"])
             self.merger.restart(done)
 
@@ -167,7 +171,7 @@ class TokenizeStage(Stage):
         tokenizer_json = (workdir / "tokenizer.json").read_text()
         # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
         plan_units = wd.plan_units(workdir)
-        sample = sample_texts(plan_units, job["keys"])
+        sample = sample_texts(plan_units, recipes.get(job["recipe"]).probe_keys() or job["keys"])
         reference = None
         if job["backend"] != "hf":  # HF's ids for the probe, computed while the fast backend loads
             reference = ReferenceIds(tokenizer_json, job["split_special_tokens"], probe_texts(tokenizer_json, sample))

@@ -63,16 +63,19 @@ def run_unit(unit: Unit) -> dict:
     records_in = 0
     counts = {"truncated": 0, "dropped_overlong": 0}
     try:
+        recipe.open_unit(workdir / "parts", unit)
         for records, locate in sources.read_unit(unit.path, *unit.byte_range, recipe.source_keys(), rejects, BATCH_BYTES):
             records_in += recipe.encode_batch(records, locate, unit.path, rejects, writers, encoder, counts)
         parts = {key: writer.commit() for key, writer in writers.items()}
+        extra = recipe.close_unit()
     except BaseException:
         for writer in writers.values():
             writer.abort()
+        recipe.abort_unit()
         raise
     record = {"unit": unit.to_json(), "fingerprint": s["fingerprint"], "parts": megatron.PARTS_FORMAT,
               "backend": encoder.backend, "records": records_in,
-              "bytes": unit.size, "keys": parts, "skipped": rejects.counts, "examples": rejects.examples, **counts}
+              "bytes": unit.size, "keys": parts, "skipped": rejects.counts, "examples": rejects.examples, **counts, **extra}
     write_done(workdir, unit, record)
     return record
 

@@ -1,0 +1,252 @@
+"""Retrieval corpora for bi-encoder training: (query, positive documents, hard negatives).
+
+Two schemas, as NeMo AutoModel reads them: inline rows (`query` or `question`, `pos_doc`,
+`neg_doc`; a document is a string, a `{"text": ...}` object, or a list of them) in JSONL, CSV or
+TSV (a cell holding a JSON list is a list of documents), and corpus-id JSON documents (`corpus`
+folders and `data` rows whose `pos_doc` / `neg_doc` name documents by id). Texts get AutoModel's
+collator prefixes (`prefix + " " + text`) or the corpus's instructions, then the tokenizer's own
+special tokens. Each distinct document (the same final text, or the same corpus id) is tokenized
+once a unit and stored once an output (prep.writers.retrieval merges the units).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import orjson
+import xxhash
+
+from loaders.formats.retrieval import NO_ID, document_id_to_int64, truncate
+from prep.errors import PrepError
+from prep.recipes.base import Recipe, register
+from prep.recipes.retrieval_corpus import corpora_of
+from prep.sources import file_kind
+from prep.writers import retrieval as table_writer
+
+
+class _Bad(Exception):
+    pass
+
+
+def special_tokens(tokenizer_json: str) -> tuple[list[int], list[int]]:
+    """(ids before, ids after) the text that the tokenizer's post-processor adds to one sequence."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    found = set()
+    for text in ("hello world", "a", "Query: what is 2 + 2?", "ü"):
+        plain = tokenizer.encode(text, add_special_tokens=False).ids
+        full = tokenizer.encode(text, add_special_tokens=True).ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start:start + len(plain)] == plain:
+                found.add((tuple(full[:start]), tuple(full[start + len(plain):])))
+                break
+        else:
+            found.add(None)
+    if len(found) != 1 or None in found:
+        raise PrepError("--recipe retrieval: the tokenizer's post-processor does not add the same special tokens "
+                        "around every text; such a tokenizer is not supported")
+    before, after = found.pop()
+    return list(before), list(after)
+
+
+def _documents(value, by_id: bool) -> list[tuple[str, str]]:
+    """A pos_doc / neg_doc value as [("text", text) | ("id", id)]. In a corpus-id file a bare
+    string or number is an id (AutoModel reads a bare string one character at a time)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        value = [value]
+    docs = []
+    for doc in value:
+        if isinstance(doc, dict):
+            if "text" in doc:
+                docs.append(("text", "" if doc["text"] is None else str(doc["text"])))
+            elif "id" in doc and by_id:
+                docs.append(("id", str(doc["id"])))
+            elif "id" in doc:
+                raise _Bad(f"document {orjson.dumps(doc).decode()[:80]} names an id, but this file names no corpus")
+            else:
+                raise _Bad(f"a document object needs 'text' or 'id' (keys: {', '.join(map(str, doc))})")
+        elif isinstance(doc, (str, int, float)) and not isinstance(doc, bool):
+            docs.append(("id" if by_id else "text", str(doc)))
+        else:
+            raise _Bad(f"a document is {type(doc).__name__}, expected a string or an object")
+    return docs
+
+
+def _cell(value):
+    """A CSV/TSV cell: a JSON list of documents when it parses as one, else one document (empty: none)."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith("["):
+        try:
+            parsed = orjson.loads(value)
+            if isinstance(parsed, list):
+                return parsed
+        except orjson.JSONDecodeError:
+            pass
+    return value if value else None
+
+
+@register
+class RetrievalRecipe(Recipe):
+    """Queries, distinct documents and the table of (query, positives, negatives)."""
+
+    name = "retrieval"
+    help = "retrieval: (query, pos_doc, neg_doc) rows or corpus-id JSON for bi-encoder training."
+    keys = ["queries", "documents"]
+
+    def __init__(self, job: dict, tokenizer_json: str):
+        super().__init__(job, tokenizer_json)
+        c = job["config"]
+        self.query_prefix, self.passage_prefix = c["query_prefix"] or "", c["passage_prefix"] or ""
+        self.use_instruction = c["use_dataset_instruction"]
+        self.query_max, self.doc_max = c["query_max_length"], c["doc_max_length"]
+        self.before, self.after = (np.array(ids, np.int64) for ids in job["retrieval"]["special_tokens"])
+        self.dtype = np.dtype(job["dtype"])
+        self._corpora: dict[str, dict] = {}
+        self.table = None
+
+    def source_keys(self) -> list[str] | None:
+        return None
+
+    @classmethod
+    def prepare(cls, config, spec) -> dict:
+        if config.format != "megatron":
+            raise PrepError("--recipe retrieval writes Megatron datasets (queries, documents) and a table; --format nanogpt is for --recipe text")
+        for flag, value in (("--eod", config.eod), ("--bos", config.bos)):
+            if value:
+                raise PrepError(f"{flag}: --recipe retrieval adds the special tokens the tokenizer itself adds, as AutoModel's collator does")
+        config.eod = config.bos = False
+        for flag, value in (("--query-max-length", config.query_max_length), ("--doc-max-length", config.doc_max_length)):
+            if value is not None and value < 1:
+                raise PrepError(f"{flag} {value}: expected a positive number of tokens")
+        before, after = special_tokens(spec.json)
+        return {"retrieval": {"special_tokens": [before, after]}}
+
+    @classmethod
+    def finalize_parts(cls, job, workdir, out, units):
+        datasets, stats, files = table_writer.finalize(workdir, out, units, job["dtype"])
+        c = job["config"]
+        before, after = job["retrieval"]["special_tokens"]
+        fields = {"retrieval": {"special_tokens": {"before": before, "after": after},
+                                "query_prefix": c["query_prefix"] or "", "passage_prefix": c["passage_prefix"] or "",
+                                "use_dataset_instruction": c["use_dataset_instruction"],
+                                "query_max_length": c["query_max_length"], "doc_max_length": c["doc_max_length"],
+                                "files": files}}
+        return datasets, stats, fields
+
+    @classmethod
+    def probe_keys(cls) -> list[str]:
+        return ["query", "question"]
+
+    def open_unit(self, parts: Path, unit) -> None:
+        self.table = table_writer.UnitTable(parts, unit)
+
+    def close_unit(self) -> dict:
+        return self.table.commit()
+
+    def abort_unit(self) -> None:
+        if self.table is not None:
+            self.table.abort()
+
+    def corpora(self, path: str) -> dict | None:
+        """The corpora of a corpus-id JSON file (None for inline files)."""
+        if path not in self._corpora:
+            by_id = file_kind(path) == "json" and "corpus" in _header(path)
+            self._corpora[path] = corpora_of(path) if by_id else None
+        return self._corpora[path]
+
+    def _record(self, record: dict, corpora: dict | None) -> tuple[str, list, list]:
+        """(query text, positives, negatives) of a record, each document (dedup key, text, id)."""
+        query = record.get("query", record.get("question"))
+        if not isinstance(query, str):
+            raise _Bad("missing key 'query' (or 'question')" if query is None else f"the query is {type(query).__name__}, expected a string")
+        if not query.strip():
+            raise _Bad("empty query")
+        corpus_id = record.get("corpus_id")
+        corpus = corpora.get(str(corpus_id)) if corpora is not None and corpus_id is not None else None
+        by_id = corpora is not None
+        positives = _documents(_cell(record.get("pos_doc")), by_id)
+        negatives = _documents(_cell(record.get("neg_doc")), by_id)
+        if not positives:
+            raise _Bad("no positive document (pos_doc is missing or empty)")
+        if self.use_instruction:
+            if corpus is None:
+                raise _Bad(f"--use-dataset-instruction: no corpus metadata for corpus_id {corpus_id!r}")
+            qi, pi = corpus.query_instruction, corpus.passage_instruction
+            query = f"{qi} {query}" if qi else query
+            prefix = lambda text: f"{pi} {text}" if pi else text  # noqa: E731
+        else:
+            query = f"{self.query_prefix} {query}" if self.query_prefix else query
+            prefix = lambda text: f"{self.passage_prefix} {text}" if self.passage_prefix else text  # noqa: E731
+
+        def resolve(kind: str, value: str) -> tuple[bytes, str, int]:
+            if kind == "text":
+                text = prefix(value)
+                return b"t" + text.encode(), text, NO_ID
+            if corpus_id is None:
+                raise _Bad(f"document id {value!r} but the record has no corpus_id")
+            if corpus is None:
+                raise _Bad(f"corpus_id {str(corpus_id)!r} is not among the file's corpora ({', '.join(sorted(corpora)) or 'none'})")
+            text = corpus.text(value)
+            if text is None:
+                raise _Bad(f"document id {value!r} is not in corpus {corpus.corpus_id!r} ({corpus.path})")
+            return b"c" + corpus.corpus_id.encode() + b"\0" + value.encode(), prefix(text), document_id_to_int64(value) if value else NO_ID
+
+        return query, [resolve(*d) for d in positives], [resolve(*d) for d in negatives]
+
+    def _tokens(self, ids: np.ndarray, offsets: np.ndarray, k: int, cap: int | None, counts: dict) -> np.ndarray:
+        tokens = np.concatenate([self.before, ids[offsets[k]:offsets[k + 1]], self.after])
+        if cap and len(tokens) > cap:
+            counts["truncated"] += 1
+            tokens = truncate(tokens, cap, len(self.after))
+        return tokens
+
+    def encode_batch(self, records, locate, path, rejects, writers, encoder, counts) -> int:
+        corpora = self.corpora(path)
+        rows = []
+        for j, record in enumerate(records):
+            try:
+                rows.append((j, *self._record(record, corpora)))
+            except _Bad as exc:
+                rejects.add(path, lambda j=j: locate(j), str(exc))
+        # the texts this unit has not seen yet, once each, in order
+        new: dict[bytes, int] = {}
+        texts = []
+        for _, _, positives, negatives in rows:
+            for key, text, _ in positives + negatives:
+                digest = xxhash.xxh3_128_digest(key)
+                if digest not in new and not self.table.has(digest):
+                    new[digest] = len(texts)
+                    texts.append(text)
+        q_ids, q_offsets = encoder.encode([query for _, query, _, _ in rows])
+        d_ids, d_offsets = encoder.encode(texts)
+        empty_doc = set(np.flatnonzero(np.diff(d_offsets) + len(self.before) + len(self.after) == 0).tolist())
+        queries, documents = [], []
+        for k, (j, _, positives, negatives) in enumerate(rows):
+            digests = [xxhash.xxh3_128_digest(key) for key, _, _ in positives + negatives]
+            if any(new.get(d) in empty_doc for d in digests):
+                rejects.add(path, lambda j=j: locate(j), "empty document (no tokens: an all-zero attention row, NaN under mean pooling)")
+                continue
+            queries.append(self._tokens(q_ids, q_offsets, k, self.query_max, counts))
+            refs = []
+            for digest, (_, _, doc_id) in zip(digests, positives + negatives):
+                row, added = self.table.document(digest, doc_id)
+                if added:
+                    documents.append(self._tokens(d_ids, d_offsets, new[digest], self.doc_max, counts))
+                refs.append(row)
+            self.table.add(refs[:len(positives)], refs[len(positives):])
+        for key, items in (("queries", queries), ("documents", documents)):
+            if items:
+                lengths = np.fromiter(map(len, items), np.int32, len(items))
+                writers[key].write(np.concatenate(items).astype(self.dtype), lengths, np.ones(len(items), np.int32))
+        return len(queries)
+
+
+def _header(path: str) -> dict:
+    from prep.sources import json_document
+
+    return json_document.header(path)
