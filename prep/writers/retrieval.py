@@ -10,7 +10,6 @@ reading the inputs in order would give, whatever the workers or tasks.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np

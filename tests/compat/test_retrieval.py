@@ -2,7 +2,6 @@
 BiEncoderCollator on the same raw rows: batches equal tensor for tensor."""
 
 import json
-import os
 import shutil
 
 import numpy as np
