@@ -23,6 +23,8 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
 
         return verify_cache(out)
     problems = []
+    if "retrieval" in manifest:
+        problems += _check_table(out, manifest)
     reader = _megatron_reader() if megatron and manifest["format"] == "megatron" else None
     for key, dataset in manifest["datasets"].items():
         for shard in dataset["shards"]:
@@ -47,6 +49,25 @@ def verify(out: Path, megatron: bool = True) -> list[str]:
                 problems.append(f"{shard['prefix']}: dtype {ds.dtype.name} != manifest {dataset['dtype']}")
             if reader is not None:
                 problems += _check_with_megatron(reader, ds, out / shard["prefix"])
+    return problems
+
+
+def _check_table(out: Path, manifest: dict) -> list[str]:
+    """A retrieval output's table: its files whole, and every row it names inside the datasets."""
+    from loaders.formats.retrieval import Table
+
+    files = manifest["retrieval"]["files"]
+    problems = [p for p in (_check_file(out / entry["path"], entry) for entry in files.values()) if p]
+    if problems:
+        return problems
+    table = Table(out)
+    queries, documents = manifest["datasets"]["queries"]["sequences"], manifest["datasets"]["documents"]["sequences"]
+    if len(table) != queries or len(table.document_ids) != documents:
+        problems.append(f"{out}: the table has {len(table):,} queries and {len(table.document_ids):,} documents, "
+                        f"the datasets {queries:,} and {documents:,}")
+    for name, rows in (("table_positives", table.positives), ("table_negatives", table.negatives)):
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= documents):
+            problems.append(f"{out / (name + '.npy')}: names a document outside 0..{documents - 1}")
     return problems
 
 
@@ -111,8 +132,15 @@ def describe(out: Path) -> str:
              f"documents {stats['documents']:,}  tokens {stats['tokens']:,}  empty {stats['empty_documents']:,}  "
              f"skipped {stats['skipped_total']:,} {stats['skipped'] or ''}"]
     hist = stats["length_histogram"] or {"edges": [0], "counts": []}
+    what = "document"
+    if "retrieval" in manifest:  # the first dataset is the queries; the documents have their own histogram
+        n = stats["negatives_per_query"]
+        lines[2] = (f"queries {stats['queries']:,}  distinct documents {stats['distinct_documents']:,}  references "
+                    f"{stats['documents_referenced']:,}  negatives a query {n['min']}..{n['max']} (mean {n['mean']})  "
+                    f"skipped {stats['skipped_total']:,} {stats['skipped'] or ''}")
+        hist, what = manifest["datasets"]["documents"]["length_histogram"], "retrieval document"
     peak = max(hist["counts"] or [1]) or 1
-    lines.append("document length (tokens):")
+    lines.append(f"{what} length (tokens):")
     for lo, hi, n in zip(hist["edges"], hist["edges"][1:], hist["counts"]):
         if n:
             lines.append(f"  [{lo:>8}, {hi:>8})  {n:>10,}  {'#' * max(1, round(40 * n / peak))}")

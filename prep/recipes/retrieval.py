@@ -152,14 +152,14 @@ class RetrievalRecipe(Recipe):
         if self.table is not None:
             self.table.abort()
 
-    def corpora(self, path: str) -> dict | None:
+    def corpora(self, path: str, rejects) -> dict | None:
         """The corpora of a corpus-id JSON file (None for inline files)."""
         if path not in self._corpora:
             by_id = file_kind(path) == "json" and "corpus" in _header(path)
-            self._corpora[path] = corpora_of(path) if by_id else None
+            self._corpora[path] = corpora_of(path, lambda line, reason: rejects.add(path, line, reason)) if by_id else None
         return self._corpora[path]
 
-    def _record(self, record: dict, corpora: dict | None) -> tuple[str, list, list]:
+    def _record(self, record: dict, corpora: dict | None, cells: bool) -> tuple[str, list, list]:
         """(query text, positives, negatives) of a record, each document (dedup key, text, id)."""
         query = record.get("query", record.get("question"))
         if not isinstance(query, str):
@@ -169,8 +169,9 @@ class RetrievalRecipe(Recipe):
         corpus_id = record.get("corpus_id")
         corpus = corpora.get(str(corpus_id)) if corpora is not None and corpus_id is not None else None
         by_id = corpora is not None
-        positives = _documents(_cell(record.get("pos_doc")), by_id)
-        negatives = _documents(_cell(record.get("neg_doc")), by_id)
+        cell = _cell if cells else (lambda value: value)
+        positives = _documents(cell(record.get("pos_doc")), by_id)
+        negatives = _documents(cell(record.get("neg_doc")), by_id)
         if not positives:
             raise _Bad("no positive document (pos_doc is missing or empty)")
         if self.use_instruction:
@@ -206,11 +207,12 @@ class RetrievalRecipe(Recipe):
         return tokens
 
     def encode_batch(self, records, locate, path, rejects, writers, encoder, counts) -> int:
-        corpora = self.corpora(path)
+        corpora = self.corpora(path, rejects)
+        cells = file_kind(path) in ("csv", "tsv")
         rows = []
         for j, record in enumerate(records):
             try:
-                rows.append((j, *self._record(record, corpora)))
+                rows.append((j, *self._record(record, corpora, cells)))
             except _Bad as exc:
                 rejects.add(path, lambda j=j: locate(j), str(exc))
         # the texts this unit has not seen yet, once each, in order

@@ -74,9 +74,9 @@ def _read_split(folder: Path) -> dict:
     return texts
 
 
-def corpora_of(path: str) -> dict[str, Corpus]:
-    """{corpus_id: Corpus} of a corpus-id JSON file; a missing folder or metadata is a bad record
-    at the line that names it."""
+def corpora_of(path: str, report) -> dict[str, Corpus]:
+    """{corpus_id: Corpus} of a corpus-id JSON file. A missing folder or metadata goes to
+    `report(line, reason)` (at the line that names it), which raises or skips that corpus."""
     entries = json_document.header(path).get("corpus", [])
     if isinstance(entries, dict):
         entries = [entries]
@@ -85,20 +85,25 @@ def corpora_of(path: str) -> dict[str, Corpus]:
     for entry in entries:
         where = entry.get("path") if isinstance(entry, dict) else None
         if not isinstance(where, str) or not where:
-            raise BadRecord(path, json_document.line_of(path, "corpus"), "a 'corpus' entry without a 'path'")
+            report(json_document.line_of(path, "corpus"), "a 'corpus' entry without a 'path'")
+            continue
         folder = Path(where) if Path(where).is_absolute() else (base / where).resolve()
         line = json_document.line_of(path, where)
-        if not folder.is_dir():
-            raise BadRecord(path, line, f"corpus folder {folder} does not exist")
         metadata_file = folder / "merlin_metadata.json"
+        if not folder.is_dir():
+            report(line, f"corpus folder {folder} does not exist")
+            continue
         if not metadata_file.is_file():
-            raise BadRecord(path, line, f"corpus folder {folder} has no merlin_metadata.json")
+            report(line, f"corpus folder {folder} has no merlin_metadata.json")
+            continue
         try:
             metadata = json.loads(metadata_file.read_text())
             corpus_id = str(metadata["corpus_id"])
         except (ValueError, KeyError, TypeError) as exc:
-            raise BadRecord(metadata_file, None, f"no corpus_id in the corpus metadata ({exc})") from None
+            report(line, f"{metadata_file}: no corpus_id in the corpus metadata ({exc})")
+            continue
         if corpus_id in corpora and corpora[corpus_id].path != folder:
-            raise BadRecord(path, line, f"corpus id {corpus_id!r} names two folders: {corpora[corpus_id].path} and {folder}")
+            report(line, f"corpus id {corpus_id!r} names two folders: {corpora[corpus_id].path} and {folder}")
+            continue
         corpora[corpus_id] = Corpus(corpus_id, folder, metadata.get("query_instruction") or "", metadata.get("passage_instruction") or "")
     return corpora

@@ -95,7 +95,7 @@ def test_the_cli_choices_come_from_the_registries():
     from prep.cli.tokenize import tokenize
 
     choices = {p.name: list(getattr(p.type, "choices", [])) for c in (tokenize, latents) for p in c.params}
-    assert choices["recipe"] == recipes.names() == ["text", "chat", "instruction", "completion"]
+    assert choices["recipe"] == recipes.names() == ["text", "chat", "instruction", "completion", "retrieval"]
     assert choices["family"] == families.names() == ["flux", "wan", "hunyuan", "hunyuan15"]
     for name in families.names():  # one file each, with the facts AutoModel's caches carry
         family = families.family_class(name)
