@@ -19,6 +19,7 @@ class Recipe:
     help = ""  # one sentence for --recipe's help ("" to share the one before it)
     loss_mask = False  # writes `tokens` and a parallel `loss_mask` dataset (the SFT recipes)
     takes_columns = False  # reads --columns role=column pairs
+    min_unit_bytes: int | None = None  # the smallest default work unit, when 8 MiB is too small for it
     keys: list[str] | None = None  # the datasets it writes, when not one per --text-key (nor tokens + loss_mask)
 
     def __init__(self, job: dict, tokenizer_json: str):

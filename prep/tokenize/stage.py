@@ -23,18 +23,18 @@ from prep.writers import megatron
 MIN_UNIT, MAX_UNIT = 8 << 20, 256 << 20
 
 
-def default_unit_bytes(total_bytes: int) -> int:
-    """About 256 units for the corpus, within [8 MiB, 256 MiB]: small enough to balance 2..N
-    workers, large enough that per-unit costs vanish."""
-    return min(MAX_UNIT, max(MIN_UNIT, -(-total_bytes // 256)))
+def default_unit_bytes(total_bytes: int, smallest: int = MIN_UNIT) -> int:
+    """About 256 units for the corpus, within [8 MiB (or the recipe's `smallest`), 256 MiB]: small
+    enough to balance 2..N workers, large enough that per-unit costs vanish."""
+    return min(MAX_UNIT, max(smallest, -(-total_bytes // 256)))
 
 
-def make_plan(inputs: list[str], unit_bytes: int | None) -> dict:
+def make_plan(inputs: list[str], unit_bytes: int | None, smallest: int = MIN_UNIT) -> dict:
     """Byte-range units of the sorted input files; the files' sizes and modification times too (a
     file rewritten with the same size is another input)."""
     files = sources.expand_inputs(inputs)
     described = [{"path": str(p), "bytes": (st := p.stat()).st_size, "mtime_ns": st.st_mtime_ns} for p in files]
-    unit_bytes = unit_bytes or default_unit_bytes(sum(f["bytes"] for f in described))
+    unit_bytes = unit_bytes or default_unit_bytes(sum(f["bytes"] for f in described), smallest)
     units = []
     for path in files:
         for start, stop in sources.plan_file(path, unit_bytes):
@@ -116,7 +116,7 @@ class TokenizeStage(Stage):
         unit_bytes = config.unit_bytes
         if unit_bytes is None and (workdir / "plan.json").exists():  # keep the unit size the run started with
             unit_bytes = wd.read_plan(workdir)["unit_bytes"]
-        plan = make_plan(config.inputs, unit_bytes)
+        plan = make_plan(config.inputs, unit_bytes, recipe.min_unit_bytes or MIN_UNIT)
         (workdir / "parts").mkdir(parents=True, exist_ok=True)
         (workdir / "done").mkdir(exist_ok=True)
         wd.write_plan(workdir, plan, f"{out}: the inputs changed since this output was started, or --unit-size did (files, sizes, "
