@@ -62,8 +62,9 @@ class RetrievalDataset(torch.utils.data.Dataset):
             if none:
                 raise ValueError(f"{source}: {none:,} of {len(self.table):,} queries have no negatives, and {negatives} were "
                                  "asked for (as AutoModel, which refuses them too); ask for negatives=0, or give them negatives")
-        tokenizer = m["tokenizer"]
-        self.pad_token_id = tokenizer["special_ids"].get("pad")
+        # the tokenizer's pad token, else its EOS (what `tok.pad_token = tok.eos_token` gives AutoModel's collator)
+        special = m["tokenizer"]["special_ids"]
+        self.pad_token_id = special.get("pad", special.get("eos"))
 
     def __len__(self) -> int:
         return len(self.table)
@@ -103,7 +104,7 @@ class RetrievalDataset(torch.utils.data.Dataset):
         """Rank-sharded batches, shuffled per epoch from `seed`, with `state_dict()` for exact resume."""
         pad = self.pad_token_id if pad_token_id is None else pad_token_id
         if pad is None:
-            raise ValueError("the tokenizer has no pad token: pass pad_token_id= (AutoModel's collator needs one too)")
+            raise ValueError("the tokenizer has neither a pad nor an EOS token: pass pad_token_id=")
         sampler = ResumableSampler(len(self), rank, world_size, shuffle=shuffle, seed=seed, drop_last=drop_last)
         return RetrievalLoader(self, sampler, batch_size, num_workers=num_workers, device=device,
                                collate_fn=Collate(pad, pad_to_multiple_of, padding_side))

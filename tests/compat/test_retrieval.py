@@ -135,6 +135,12 @@ def test_documents_stored_once(tmp_path, tokenizers, corpora):
     for q, row in enumerate(rows):
         got = [tok.decode(ds.documents[int(d)]) for d in ds.table.negatives_of(q)]
         assert got == texts(row["neg_doc"])
+    # the storage target: the output is the distinct documents' and the queries' tokens, their indexes and the table
+    itemsize = np.dtype(m["datasets"]["documents"]["dtype"]).itemsize
+    files = sum(p.stat().st_size for p in out.iterdir() if p.name != "manifest.json")
+    tokens = sum(len(ds.documents[d]) for d in range(len(ds.documents))) + sum(len(ds.queries[q]) for q in range(len(ds.queries)))
+    idx = sum(s["idx"]["bytes"] for d in m["datasets"].values() for s in d["shards"])
+    assert files == tokens * itemsize + idx + m["stats"]["table_bytes"]
     counts = np.diff(ds.table.negative_offsets)
     assert m["stats"]["fewer_negatives_than"] == {str(n): int((counts < n).sum()) for n in range(1, counts.max() + 2)}
 

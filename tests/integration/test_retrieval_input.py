@@ -156,7 +156,8 @@ def test_dataloader_shards_ranks_and_resumes(tmp_path):
     assert sum(map(len, queries.values())) == 38  # 37 queries, one repeated to even out the ranks
     assert {tuple(ds[i]["query"].tolist()) for i in range(len(ds))} == set(queries)
 
-    loader = ds.dataloader(batch_size=4, seed=3, pad_token_id=0)
+    assert ds.pad_token_id == 50256  # gpt2 has no pad token: its EOS, as `tok.pad_token = tok.eos_token` gives
+    loader = ds.dataloader(batch_size=4, seed=3)
     whole = [b["q_input_ids"] for _, b in zip(range(7), iter(loader))]
     loader = ds.dataloader(batch_size=4, seed=3, pad_token_id=0)
     it = iter(loader)
