@@ -3,13 +3,17 @@ counted), CSV/TSV inputs, storage caps, and the rank-sharded, resumable dataload
 
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import TOKENIZERS, prep, write_jsonl
+from helpers import ROOT, TOKENIZERS, prep, write_jsonl
 from loaders.retrieval import RetrievalDataset
 from retrieval_data import inline_rows, write_corpus_id
 
@@ -187,3 +191,17 @@ def test_inline_and_corpus_id_inputs_in_one_run(tmp_path):
         assert got["query"].tolist() == want["query"].tolist()
         assert [d.tolist() for d in got["docs"]] == [d.tolist() for d in want["docs"]]
         assert got["doc_ids"].tolist() == want["doc_ids"].tolist()
+
+
+def test_resume_after_kill_gives_the_same_bytes(tmp_path):
+    """kill -9 of the whole run (workers too) after 3 units, rerun: the bytes of an uninterrupted run."""
+    path = write_jsonl(tmp_path / "train.jsonl", inline_rows(600))
+    args = [path, "--recipe", "retrieval", "--tokenizer", TOK, "--unit-size", "64k", "--workers", "2"]
+    prep("tokenize", *args, "-o", tmp_path / "whole")
+    killed = subprocess.run([sys.executable, "-m", "prep.cli", "tokenize", *map(str, args), "-o", str(tmp_path / "k")], cwd=ROOT,
+                            env={**os.environ, "PREP_TEST_KILL_AFTER_UNITS": "3"}, start_new_session=True, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL and not (tmp_path / "k" / "manifest.json").exists()
+    assert "resumed" in prep("tokenize", *args, "-o", tmp_path / "k").stdout
+    names = [p.name for p in (tmp_path / "whole").iterdir() if p.suffix in (".bin", ".idx", ".npy")]
+    assert len(names) == 9
+    assert all((tmp_path / "whole" / n).read_bytes() == (tmp_path / "k" / n).read_bytes() for n in names)
