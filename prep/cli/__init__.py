@@ -10,7 +10,7 @@ from prep.cli.errors import StageGroup
 from prep.cli.latents import latents
 from prep.cli.options import CONTEXT
 from prep.cli.tokenize import tokenize
-from prep.cli.tools import finalize, index, inspect, verify
+from prep.cli.tools import finalize, index, inspect, status, verify
 
 
 @click.group(context_settings=CONTEXT, cls=StageGroup)
@@ -23,5 +23,5 @@ def main():
     """
 
 
-for command in (tokenize, finalize, verify, inspect, index, latents):
+for command in (tokenize, finalize, verify, inspect, index, status, latents):
     main.add_command(command)

@@ -1,4 +1,4 @@
-"""`prep finalize`, `verify`, `inspect` and `index`: commands over finished (or array-run) outputs."""
+"""`prep finalize`, `verify`, `inspect`, `index` and `status`: commands over finished (or array-run) outputs."""
 
 from __future__ import annotations
 
@@ -111,3 +111,14 @@ def _first_split(split: str) -> int:
     from loaders.gpt import parse_split, split_matrix
 
     return next(i for i, bounds in enumerate(split_matrix(parse_split(split))) if bounds is not None)
+
+
+@click.command(context_settings=CONTEXT, cls=StageCommand)
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@click.option("--tasks", type=click.IntRange(min=1), default=None, help="Also show each of N array tasks' units (--task I/N).")
+def status(output, tasks):
+    """How far a run has got: units done and pending (per array task with --tasks), records and
+    tokens so far, speed and ETA. Works while it runs and after a crash."""
+    from prep.status import status as run_status
+
+    click.echo("\n".join(run_status(Path(output), tasks)))

@@ -1,0 +1,80 @@
+"""`prep status OUT`: how far a run has got, from its plan and done-records alone, so it works
+while the run goes on (locally or as array tasks) and after a crash."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import json
+import os
+from pathlib import Path
+
+from loaders.manifest import MANIFEST_NAME
+from prep.errors import PrepError
+from prep.pipeline import workdir as wd
+from prep.pipeline.units import task_units
+
+
+def _held(workdir: Path) -> bool:
+    """Whether a run holds the output's lock now (a shared test lock, dropped at once)."""
+    try:
+        fd = os.open(workdir / wd.LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def status(out: Path, tasks: int | None = None) -> list[str]:
+    out = Path(out)
+    manifest_file = out / MANIFEST_NAME
+    if manifest_file.exists():
+        m = json.loads(manifest_file.read_text())
+        stats = m.get("stats", {})
+        if "distinct_documents" in stats:  # retrieval: `documents` counts the queries' rows
+            stats = {**stats, "documents": stats["distinct_documents"]}
+        counts = "  ".join(f"{k} {stats[k]:,}" for k in ("queries", "documents", "items", "tokens") if isinstance(stats.get(k), int))
+        return [f"{out}: complete ({m['kind']} / {m['format']}), finalized {m['timings'].get('finalized', '?')}", f"  {counts}"]
+    workdir = wd.workdir_of(out)
+    if not (workdir / "plan.json").exists() or not (workdir / "job.json").exists():
+        raise PrepError(f"{out}: no manifest and no run state here (not a prep output, or a run that had not planned yet)")
+    job, units = wd.read_job(workdir), wd.plan_units(workdir)
+    records = {u.index: r for u in units if (r := wd.load_done(workdir, u, job["fingerprint"])) is not None}
+    done_units = [u for u in units if u.index in records]
+    running = _held(workdir)
+    total, done = sum(u.size for u in units), sum(u.size for u in done_units)
+    what = "items" if job.get("kind") == "latents" else "B"
+    lines = [f"{out}: {'running' if running else 'stopped: rerun the same command (or the array task) to resume'}"
+             f"{'' if len(records) < len(units) else '; every unit is done: prep finalize ' + str(out) + ' writes the manifest'}",
+             f"  units     {len(records):,} of {len(units):,} done, {len(units) - len(records):,} pending "
+             f"({100 * done / max(1, total):.1f}% of {f'{total / 1e6:,.1f} MB' if what == 'B' else f'{total:,} items'})"]
+    tokens = sum(sum(k.get("tokens", 0) for k in r.get("keys", {}).values()) for r in records.values())
+    lines.append(f"  so far    {sum(r.get('records', 0) for r in records.values()):,} records"
+                 + (f", {tokens:,} tokens" if tokens else "")
+                 + (f", {sum(sum(r['skipped'].values()) for r in records.values()):,} skipped" if any(r.get("skipped") for r in records.values()) else ""))
+    if records:
+        started = (workdir / "plan.json").stat().st_mtime
+        last = max(wd.done_path(workdir, u).stat().st_mtime for u in done_units)
+        if last > started:
+            rate = done / (last - started)
+            eta = (total - done) / rate if rate else 0
+            lines.append(f"  speed     {rate / (1e6 if what == 'B' else 1):,.2f} {'MB' if what == 'B' else 'items'}/s since the plan was written"
+                         f" ({dt.datetime.fromtimestamp(started).isoformat(timespec='seconds')}), last unit done "
+                         f"{dt.datetime.fromtimestamp(last).isoformat(timespec='seconds')}"
+                         + (f"; ETA {_duration(eta)} at that speed" if len(records) < len(units) and running else ""))
+    if tasks:
+        for task in range(tasks):
+            mine = task_units(units, task, tasks)
+            finished = sum(1 for u in mine if u.index in records)
+            lines.append(f"  task {task}/{tasks}  {finished:,} of {len(mine):,} units done" + ("" if finished < len(mine) else " (finished)"))
+    return lines
