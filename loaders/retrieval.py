@@ -63,8 +63,8 @@ class RetrievalDataset(torch.utils.data.Dataset):
                 raise ValueError(f"{source}: {none:,} of {len(self.table):,} queries have no negatives, and {negatives} were "
                                  "asked for (as AutoModel, which refuses them too); ask for negatives=0, or give them negatives")
         # the tokenizer's pad token, else its EOS (what `tok.pad_token = tok.eos_token` gives AutoModel's collator)
-        special = m["tokenizer"]["special_ids"]
-        self.pad_token_id = special.get("pad", special.get("eos"))
+        special_ids = m["tokenizer"]["special_ids"]
+        self.pad_token_id = special_ids.get("pad", special_ids.get("eos"))
 
     def __len__(self) -> int:
         return len(self.table)

@@ -21,7 +21,7 @@ from loaders.formats.retrieval import NO_ID, document_id_to_int64, truncate
 from prep.errors import PrepError
 from prep.recipes.base import Recipe, register
 from prep.recipes.retrieval_corpus import corpora_of
-from prep.sources import file_kind
+from prep.sources import file_kind, json_document
 from prep.writers import retrieval as table_writer
 
 
@@ -98,7 +98,7 @@ def _documents(value, by_id: bool) -> list[tuple[str, str]]:
                 raise _Bad(f"document {orjson.dumps(doc).decode()[:80]} names an id, but this file names no corpus")
             else:
                 raise _Bad(f"a document object needs 'text' or 'id' (keys: {', '.join(map(str, doc))})")
-        elif isinstance(doc, (str, int, float)) and not isinstance(doc, bool):
+        elif isinstance(doc, (int, float)) and not isinstance(doc, bool):
             docs.append(("id" if by_id else "text", str(doc)))
         else:
             raise _Bad(f"a document is {type(doc).__name__}, expected a string or an object")
@@ -138,7 +138,7 @@ class RetrievalRecipe(Recipe):
         self.query_max, self.doc_max = c["query_max_length"], c["doc_max_length"]
         self.before, self.after = (np.array(ids, np.int64) for ids in job["retrieval"]["special_tokens"])
         self.dtype = np.dtype(job["dtype"])
-        self._corpora: dict[str, dict] = {}
+        self._files: dict[str, tuple[dict | None, bool]] = {}
         self.table = None
 
     def source_keys(self) -> list[str] | None:
@@ -184,12 +184,15 @@ class RetrievalRecipe(Recipe):
         if self.table is not None:
             self.table.abort()
 
-    def corpora(self, path: str, rejects) -> dict | None:
-        """The corpora of a corpus-id JSON file (None for inline files)."""
-        if path not in self._corpora:
-            by_id = file_kind(path) == "json" and "corpus" in _header(path)
-            self._corpora[path] = corpora_of(path, lambda line, reason: rejects.add(path, line, reason)) if by_id else None
-        return self._corpora[path]
+    def _file(self, path: str, rejects) -> tuple[dict | None, bool]:
+        """(the corpora of a corpus-id JSON file or None for inline files, whether its values are
+        CSV/TSV cells), found once a file."""
+        if path not in self._files:
+            kind = file_kind(path)
+            by_id = kind == "json" and "corpus" in json_document.header(path)
+            corpora = corpora_of(path, lambda line, reason: rejects.add(path, line, reason)) if by_id else None
+            self._files[path] = corpora, kind in ("csv", "tsv")
+        return self._files[path]
 
     def _record(self, record: dict, corpora: dict | None, cells: bool) -> tuple[str, list, list]:
         """(query text, positives, negatives) of a record, each document (dedup key, text, id)."""
@@ -248,8 +251,7 @@ class RetrievalRecipe(Recipe):
         return tokens
 
     def encode_batch(self, records, locate, path, rejects, writers, encoder, counts) -> int:
-        corpora = self.corpora(path, rejects)
-        cells = file_kind(path) in ("csv", "tsv")
+        corpora, cells = self._file(path, rejects)
         rows = []
         for j, record in enumerate(records):
             try:
@@ -288,9 +290,3 @@ class RetrievalRecipe(Recipe):
                 lengths = np.fromiter(map(len, items), np.int32, len(items))
                 writers[key].write(np.concatenate(items).astype(self.dtype, copy=False), lengths, np.ones(len(items), np.int32))
         return len(queries)
-
-
-def _header(path: str) -> dict:
-    from prep.sources import json_document
-
-    return json_document.header(path)
