@@ -4,7 +4,8 @@ Samples are the windows NeMo AutoModel's `NanogptDataset` yields for each shard:
 tokens from a start position; the next start is the window's end, or with `align_to_bos` the
 first BOS at or after it (the shard's first window also starts at its first BOS). Unlike the
 streaming reader, every window is listed up front, so ranks and DataLoader workers split them
-without duplicates and an epoch has a known length.
+without duplicates and an epoch has a known length. SFT shards (with a `.mask` sidecar) give
+labels of -100 where the next token is not trained.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ def window_starts(n_tokens: int, seq_len: int, bos_positions: np.ndarray | None 
 class NanoGPTDataset(torch.utils.data.Dataset):
     """`ds[i]` -> {"input_ids": int64[seq_len], "labels": int64[seq_len]}."""
 
-    def __init__(self, source: str | Path | list, seq_len: int, align_to_bos: bool = False, key: str = "text",
+    def __init__(self, source: str | Path | list, seq_len: int, align_to_bos: bool = False, key: str | None = None,
                  bos_token: int | None = None):
-        """`source`: a prep output (its manifest), or a list of shard files; `bos_token` names BOS
-        for shards without a `.bos.idx` (found by a scan, as AutoModel's reader falls back to)."""
+        """`source`: a prep output (its manifest), or a list of shard files; `key`: the dataset of
+        an output with several (default: its only one); `bos_token` names BOS for shards without a
+        `.bos.idx` (found by a scan, as AutoModel's reader falls back to)."""
         self.seq_len = seq_len
         if isinstance(source, (list, tuple)):
             self.files, bos_id = [str(p) for p in source], bos_token
@@ -50,11 +52,19 @@ class NanoGPTDataset(torch.utils.data.Dataset):
             m = manifest_mod.load(source)
             if m["format"] != "nanogpt":
                 raise ValueError(f"{source}: a {m['format']} dataset, not nanogpt")
+            if key is None and len(m["datasets"]) > 1:
+                raise ValueError(f"{source}: several datasets ({', '.join(m['datasets'])}); pass key=")
+            key = key or next(iter(m["datasets"]))
             self.files = [str(Path(m["_dir"]) / s["path"]) for s in m["datasets"][key]["shards"]]
             bos_id = m["tokenizer"]["bos_id"] if m["config"]["bos"] else None
         if align_to_bos and bos_id is None and not isinstance(source, (list, tuple)):
             raise ValueError("align_to_bos needs shards written with BOS (prep tokenize --format nanogpt --bos)")
         self.shards = [nanogpt.read_shard(f) for f in self.files]
+        masked = [nanogpt.mask_path(f).exists() for f in self.files]
+        if any(masked) and not all(masked):
+            raise ValueError(f"{self.files[masked.index(False)]}: no {nanogpt.mask_path(self.files[masked.index(False)]).name} "
+                             "beside it, unlike the other shards")
+        self.masks = [nanogpt.read_mask(f) for f in self.files] if any(masked) else None
         starts = [window_starts(len(t), seq_len, self._bos_positions(f, t, bos_id) if align_to_bos else None)
                   for f, t in zip(self.files, self.shards)]
         self.shard_of = np.concatenate([np.full(len(s), i, np.int32) for i, s in enumerate(starts)] or [np.zeros(0, np.int32)])
@@ -73,8 +83,13 @@ class NanoGPTDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         start = int(self.starts[i])
-        window = torch.from_numpy(np.asarray(self.shards[self.shard_of[i]][start:start + self.seq_len + 1], np.int64))
-        return {"input_ids": window[:-1], "labels": window[1:]}
+        shard = self.shard_of[i]
+        window = torch.from_numpy(np.asarray(self.shards[shard][start:start + self.seq_len + 1], np.int64))
+        labels = window[1:]
+        if self.masks is not None:  # the label of position t is token t+1: trained when that token is
+            trained = torch.from_numpy(np.asarray(self.masks[shard][start + 1:start + self.seq_len + 1], np.bool_))
+            labels = torch.where(trained, labels, -100)
+        return {"input_ids": window[:-1], "labels": labels}
 
     def dataloader(self, batch_size: int, rank: int = 0, world_size: int = 1, shuffle: bool = True, seed: int = 0,
                    num_workers: int = 0, device: str = "cpu", drop_last: bool = False) -> ResumableLoader:

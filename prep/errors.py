@@ -36,6 +36,13 @@ class BadRecord(PrepError):
         return (BadRecord, (self.path, self.line, self.reason))
 
 
+class VerifyFailed(PrepError):
+    """`prep verify` found damage (each problem already printed on its own line): exit code 1,
+    apart from the usage errors' 2."""
+
+    exit_code = 1
+
+
 class Interrupted(PrepError):
     """Ctrl-C: the shell's exit code for SIGINT, and how to go on."""
 

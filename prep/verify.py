@@ -90,6 +90,8 @@ def _check_nanogpt(out: Path, shard: dict, dataset: dict, bos_id: int | None) ->
     problems = []
     if len(tokens) != shard["tokens"] or tokens.dtype.name != dataset["dtype"]:
         problems.append(f"{path}: header says {len(tokens)} {tokens.dtype.name} tokens, manifest {shard['tokens']} {dataset['dtype']}")
+    if "mask" in shard and nanogpt.mask_path(path).stat().st_size != len(tokens):
+        problems.append(f"{nanogpt.mask_path(path)}: {nanogpt.mask_path(path).stat().st_size} mask bytes for {len(tokens)} tokens")
     if bos_id is not None:
         positions = nanogpt.read_bos_index(path)
         if not np.array_equal(positions, np.flatnonzero(np.asarray(tokens) == bos_id)):
@@ -147,7 +149,8 @@ def describe(out: Path) -> str:
     root = Path(manifest["_dir"])
     for key, dataset in manifest["datasets"].items():
         if manifest["format"] == "nanogpt":
-            lines.append(f"shards for {key!r}: {root}/{key}_*.bin ({len(dataset['shards'])} of up to {dataset['shard_tokens']:,} tokens)")
+            masks = " with .mask sidecars" if dataset["shards"] and "mask" in dataset["shards"][0] else ""
+            lines.append(f"shards for {key!r}: {root}/{key}_*.bin ({len(dataset['shards'])} of up to {dataset['shard_tokens']:,} tokens{masks})")
             continue
         path = " ".join(f"{s['tokens']} {root / s['prefix']}" for s in dataset["shards"])
         lines.append(f"--data-path for {key!r}: {path}")

@@ -42,6 +42,15 @@ def bos_index_path(bin_path: str | Path) -> Path:
     return Path(bin_path).with_suffix(".bos.idx")
 
 
+def mask_path(bin_path: str | Path) -> Path:
+    return Path(bin_path).with_suffix(".mask")
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """The loss mask sidecar of shard `path`, memory-mapped (read-only)."""
+    return np.memmap(mask_path(path), dtype=np.uint8, mode="r")
+
+
 def read_shard(path: str | Path) -> np.ndarray:
     """The tokens of a shard, memory-mapped (read-only)."""
     head = np.fromfile(path, "<i4", HEADER_INTS)

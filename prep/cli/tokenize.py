@@ -46,16 +46,17 @@ from prep.tokenize.stage import TokenizeStage
 @click.option("--doc-max-length", type=click.IntRange(min=1), default=None,
               help="retrieval: store at most N tokens a document (special tokens counted). Default: whole.")
 @click.option("--format", "format_", type=click.Choice(["megatron", "nanogpt"]), default="megatron", show_default=True,
-              help="megatron: .bin/.idx indexed datasets. nanogpt: token shards with a 256-int32 header and .bos.idx.")
+              help="megatron: .bin/.idx indexed datasets. nanogpt: token shards with a 256-int32 header and .bos.idx (SFT: and a .mask).")
 @click.option("--nanogpt-header", type=click.Choice(["current", "legacy"]), default="current", show_default=True,
               help="NanoGPT shard header: current (magic 278895051, uint16 or uint32) or legacy (20240520, uint16, llm.c/modded-nanogpt).")
 @click.option("--text-key", "keys", multiple=True, default=["text"], show_default=True,
               help="Record key to tokenize; repeat for several (one dataset per key, like Megatron's --json-keys).")
 @click.option("--eod/--no-eod", default=None,
               help="Append the tokenizer's EOS as EOD to every non-empty document. Default: on for megatron text, instruction "
-                   "and completion; off for nanogpt, and for chat (the template ends each turn).")
+                   "and completion; off for nanogpt text, and for chat (the template ends each turn).")
 @click.option("--bos/--no-bos", default=None,
-              help="Prepend BOS to every non-empty document. Default: off for megatron; on for nanogpt when the tokenizer has a BOS.")
+              help="Prepend BOS to every non-empty document (SFT: unless its template already starts it with BOS). "
+                   "Default: off for megatron; on for nanogpt when the tokenizer has a BOS.")
 @click.option("--eod-token", default=None, help="Token to use as EOD instead of the tokenizer's EOS.")
 @click.option("--bos-token", default=None, help="Token to use as BOS instead of the tokenizer's own.")
 @click.option("--split-special-tokens", is_flag=True,

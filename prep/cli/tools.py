@@ -9,7 +9,7 @@ import click
 
 from prep.cli.errors import StageCommand
 from prep.cli.options import CONTEXT
-from prep.errors import PrepError
+from prep.errors import PrepError, VerifyFailed
 from prep.pipeline.driver import finalize_output
 
 
@@ -32,7 +32,7 @@ def verify(output, megatron):
     if problems:
         for problem in problems:
             click.echo(f"FAIL {problem}", err=True)
-        raise PrepError(f"{output}: {len(problems)} problem(s)")
+        raise VerifyFailed(f"{output}: {len(problems)} problem(s)")
     click.echo(f"{output}: OK")
 
 

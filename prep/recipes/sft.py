@@ -141,7 +141,7 @@ class SFTRecipe(Recipe):
         for k, (text, spans) in enumerate(rendered):
             sample = ids[offsets[k]:offsets[k + 1]]
             mask = self.mask(text, spans, sample)
-            if self.bos_id is not None:
+            if self.bos_id is not None and not (len(sample) and sample[0] == self.bos_id):  # a template's own BOS is kept, not doubled
                 sample, mask = np.concatenate([[self.bos_id], sample]), np.concatenate([[0], mask]).astype(np.uint8)
             if self.eod_id is not None:
                 sample, mask = np.concatenate([sample, [self.eod_id]]), np.concatenate([mask, [1]]).astype(np.uint8)

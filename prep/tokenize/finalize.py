@@ -33,7 +33,10 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
         datasets, extra_stats, extra_fields = custom
     elif job["format"] == "nanogpt":
         legacy = job["config"]["nanogpt_header"] == "legacy"
-        datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy) for key in job["keys"]}
+        masked = "loss_mask" in job["keys"]  # SFT: the masks are each token shard's sidecar, not a dataset
+        datasets = {key: nanogpt_writer.finalize_key(workdir, out, units, key, job["dtype"], shard_tokens, job["bos_id"], legacy,
+                                                     "loss_mask" if masked else None)
+                    for key in job["keys"] if key != "loss_mask"}
     else:
         packs = None
         if job["config"].get("pack"):
@@ -53,7 +56,7 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
         per_input[r["unit"]["path"]] = per_input.get(r["unit"]["path"], 0) + r["records"]
     first = datasets[job["keys"][0]]
     stats = {
-        "documents": first["documents"], "tokens": sum(d["tokens"] for d in datasets.values()),
+        "documents": first["documents"], "tokens": sum(d["tokens"] for key, d in datasets.items() if key != "loss_mask"),  # a mask is no tokens
         "empty_documents": sum(r["keys"][job["keys"][0]]["empty_documents"] for r in records),
         **wd.skipped_stats(records),
         "truncated": sum(r.get("truncated", 0) for r in records),

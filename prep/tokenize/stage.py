@@ -75,15 +75,15 @@ class TokenizeStage(Stage):
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
         recipe_job = recipe.prepare(config, spec)
-        if sft and nanogpt_format:
-            raise PrepError(f"--recipe {config.recipe} writes Megatron datasets (tokens + loss_mask); --format nanogpt is for --recipe text")
+        if sft and nanogpt_format and config.pack:
+            raise PrepError("--pack is for --format megatron; NanoGPT shards are one token stream (the loaders cut windows from it)")
         template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
         if recipe.needs_template(config) and not template:
             raise PrepError(f"{config.tokenizer}: the tokenizer has no chat template; pass --chat-template FILE.jinja")
         if config.bos is None:  # NanoGPT data starts every document with BOS; Megatron's does not
             config.bos = nanogpt_format and spec.bos_id is not None
         if config.eod is None:  # Megatron's --append-eod; NanoGPT's BOS delimits documents; chat templates end turns
-            config.eod = not nanogpt_format and not recipe.needs_template(config)
+            config.eod = not recipe.needs_template(config) and (sft or not nanogpt_format)  # an SFT answer ends with it, trained
         if recipe.keys:
             config.keys = list(recipe.keys)
         if sft:

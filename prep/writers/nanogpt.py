@@ -1,7 +1,8 @@
 """NanoGPT shards: the unit parts' token stream cut into shards of a fixed token count.
 
 Each shard's header carries its final token count before the file gets its name; the BOS
-index is every position holding the BOS id, as NeMo AutoModel's own processor writes it.
+index is every position holding the BOS id, as NeMo AutoModel's own processor writes it. SFT
+outputs cut their `loss_mask` parts at the same token positions into each shard's `.mask` sidecar.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ def shard_name(key: str, number: int) -> str:
 
 
 def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
-                 bos_id: int | None, legacy: bool) -> dict:
-    """Write the shards of `key`; returns the manifest entry for this dataset."""
+                 bos_id: int | None, legacy: bool, mask_key: str | None = None) -> dict:
+    """Write the shards of `key` (and with `mask_key`, each shard's mask sidecar from that key's
+    parts); returns the manifest entry for this dataset."""
     dtype = np.dtype(dtype)
     stems = [workdir / "parts" / f"{u.id}.{key}" for u in units]
+    mask_parts = [workdir / "parts" / f"{u.id}.{mask_key}.bin" for u in units] if mask_key else None
     parts = [read_part(s) for s in stems]
     part_tokens = np.array([lengths.sum(dtype=np.int64) for lengths, _ in parts], np.int64)
     lengths = np.concatenate([lengths for lengths, _ in parts] or [np.zeros(0, np.int32)])
@@ -51,6 +54,10 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
             idx_bytes, idx_hash = _write_atomic(nanogpt.bos_index_path(out / f"{name}.bin"),
                                                 lambda f, h: (f.write(positions.tobytes()), h.update(positions.tobytes())))
             entry.update(bos=len(positions), bos_idx={"path": f"{name}.bos.idx", "bytes": idx_bytes, "xxh3_128": idx_hash})
+        if mask_parts:
+            mask_bytes, mask_hash = _write_atomic(nanogpt.mask_path(out / f"{name}.bin"), lambda f, h, start=start, stop=stop:
+                                                  _copy_tokens(mask_parts, part_tokens, start, stop, 1, f, h))
+            entry["mask"] = {"path": f"{name}.mask", "bytes": mask_bytes, "xxh3_128": mask_hash}
         shards.append(entry)
     fsync_dir(out)
     return {"dtype": dtype.name, "header": "legacy" if legacy else "current", "documents": documents,
