@@ -76,26 +76,53 @@ class ChatTemplate:
             self.string_arguments = self._accepts([call[0], _with_arguments(call[1], True)])
         # Does the template insert assistant content and reasoning verbatim? Then one marked
         # render per record is enough; otherwise every record is also rendered plain to check.
+        # Each kind of probe must be answered by one of its shapes (with a system turn or not).
         verdicts = []
-        for messages in _PROBES:
-            try:
-                verdicts.append(self._marks_round_trip(messages))
-            except BadConversation:
-                continue
-        self.faithful = bool(verdicts) and all(verdicts)
-        # The end-of-turn token: the added token the template emits right after assistant content.
+        for shapes in _PROBES:
+            verdict = None
+            for messages in shapes:
+                try:
+                    verdict = self._marks_round_trip(messages)
+                    break
+                except BadConversation:
+                    continue
+            verdicts.append(verdict)
+        self.faithful = all(v is True for v in verdicts)
+        # The end-of-turn tokens: the added tokens the template emits right after assistant content
+        # (gpt-oss ends a final answer with <|return|> and earlier ones with <|end|>), and the last
+        # one a tool-call turn ends with (<|call|>). A turn's span ends at the first of them.
         probe = None
         for head in ([], [{"role": "system", "content": "S"}]):
+            exchange = [*head, {"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}]
             try:
-                probe = self.render([*head, {"role": "user", "content": "U"}, {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}], None)
+                probe = self.render(exchange, None)
                 break
             except BadConversation as exc:
                 refusal = exc
         if probe is None:
             reason = str(refusal).removeprefix("the chat template refused it (").removesuffix(")")
             raise self._unusable(f"refuses even a plain user/assistant exchange ({reason})")
-        after = probe[probe.index(CLOSE) + 1:].lstrip() if CLOSE in probe else ""
-        self.end_of_turn = max((t for t in added_tokens if t and after.startswith(t)), key=len, default="")
+        ends = set()
+        two_turns = [*exchange[:-1], {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}, {"role": "user", "content": "V"},
+                     {"role": "assistant", "content": f"{OPEN}B{CLOSE}"}]
+        for text in (probe, self._render_or_none(two_turns)):
+            for at in [m.end() for m in re.finditer(CLOSE, text or "")]:
+                after = text[at:].lstrip()
+                ends.add(max((t for t in added_tokens if t and after.startswith(t)), key=len, default=""))
+        tool_turn = self._render_or_none([*exchange[:-1], _with_arguments(call[1], self.string_arguments)])
+        if tool_turn:
+            ends.add(max((t for t in added_tokens if t and tool_turn.rstrip().endswith(t)), key=len, default=""))
+        self.end_tokens = tuple(sorted(t for t in ends if t))
+        # What the template writes between the generation prompt and the content (Qwen3's empty
+        # think block, gpt-oss's channel header) is the model's output: trained from the prompt's end.
+        prompt = self._render_or_none(exchange[:-1], generation_prompt=True)
+        self.output_gap = prompt is not None and probe.startswith(prompt) and probe.index(OPEN) > len(prompt)
+
+    def _render_or_none(self, messages: list[dict], generation_prompt: bool = False) -> str | None:
+        try:
+            return self.render(messages, None, generation_prompt=generation_prompt)
+        except BadConversation:
+            return None
 
     def _unusable(self, what: str) -> TemplateError:
         """The one line for a template that can't be used, naming where it came from."""
@@ -151,13 +178,14 @@ class ChatTemplate:
         return text, [s for s in spans if s[1] > s[0]]
 
     def _end(self, text: str, position: int, limit: int) -> int:
-        """The end of the turn whose trained text runs to `position`: just past the end-of-turn token."""
-        if not self.end_of_turn:
+        """The end of the turn whose trained text runs to `position`: just past the first end-of-turn token."""
+        if not self.end_tokens:
             return position
-        found = text.find(self.end_of_turn, position, limit)
-        if found < 0:
+        found = [(at, len(t)) for t in self.end_tokens if (at := text.find(t, position, limit)) >= 0]
+        if not found:
             raise BadConversation("no end-of-turn token after an assistant turn; the template makes the span ambiguous")
-        return found + len(self.end_of_turn)
+        at, length = min(found)
+        return at + length
 
     def _marked(self, messages: list[dict]) -> list[dict] | None:
         """Messages with assistant content (and reasoning) wrapped in markers; None when a turn has no content."""
@@ -200,6 +228,8 @@ class ChatTemplate:
                 r_start = next(r_starts)
                 if not self.mask_reasoning:  # the turn's output: from the end of the generation prompt
                     start = self._output_start(messages, tools, text, assistants[k], min(start, r_start))
+            elif self.output_gap:
+                start = self._output_start(messages, tools, text, assistants[k], start)
             limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
             spans.append((start, self._end(text, end, limit)))
         return text, spans
@@ -237,12 +267,15 @@ class ChatTemplate:
 
 
 # Conversations that expose templates which change assistant content: whitespace, think tags, reasoning.
+# Each kind in two shapes, with a system turn and without (strict templates refuse one or the other).
+_SPACING = [{"role": "user", "content": " u\n"}, {"role": "assistant", "content": "  a b \n"},
+            {"role": "user", "content": "v"}, {"role": "assistant", "content": "\nc "}]
+_THINKING = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>t</think>a", "reasoning_content": " r "},
+             {"role": "user", "content": "v"}, {"role": "assistant", "content": "x</think> y", "reasoning_content": "q"}]
 _PROBES = [
-    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
-    [{"role": "system", "content": " s "}, {"role": "user", "content": " u\n"}, {"role": "assistant", "content": "  a b \n"},
-     {"role": "user", "content": "v"}, {"role": "assistant", "content": "\nc "}],
-    [{"role": "user", "content": "u"}, {"role": "assistant", "content": "<think>t</think>a", "reasoning_content": " r "},
-     {"role": "user", "content": "v"}, {"role": "assistant", "content": "x</think> y", "reasoning_content": "q"}],
+    [[{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]],
+    [[{"role": "system", "content": " s "}, *_SPACING], _SPACING],
+    [_THINKING, [{"role": "system", "content": "s"}, *_THINKING]],
 ]
 
 

@@ -218,6 +218,7 @@ class TokenizeStage(Stage):
         template = getattr(recipe, "template", None)
         if template is not None:  # how the trained spans are found, in the manifest
             job["tokenizer"]["mask_method"] = template.method
+            job["tokenizer"]["end_of_turn"] = list(template.end_tokens)
         spawn_job = {**job, "tokenizer_json": tokenizer_json, "encoder_backend": encoder.backend}
         run.executor.run(open_worker, spawn_job, [None] * workers, pending, run.report, "fork", while_running=check,
                          died=lambda slot, how: f"a worker process died ({how}; killed, or out of memory?); the units finished "
