@@ -104,3 +104,10 @@ class ChatRecipe(SFTRecipe):
 
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
         return self.template.spans(*normalize(record))
+
+    def samples(self, record: dict) -> list[tuple[str, list[tuple[int, int]]]]:
+        if not self.options.per_turn:
+            return [self.render(record)]
+        messages, tools = normalize(record)  # each turn as when it was generated: the conversation up to it
+        return [self.template.spans(messages[:i + 1], tools, last_only=True)
+                for i, m in enumerate(messages) if m["role"] == "assistant"]

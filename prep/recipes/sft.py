@@ -68,6 +68,7 @@ class SFTOptions:
     use_chat_template: bool
     mask_reasoning: bool
     last_turn_only: bool
+    per_turn: bool
     max_length: int | None
     overlong: str
 
@@ -105,6 +106,11 @@ class SFTRecipe(Recipe):
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
         """(rendered text, character spans to train on) of one record; BadConversation if it can't be."""
         raise NotImplementedError
+
+    def samples(self, record: dict) -> list[tuple[str, list[tuple[int, int]]]]:
+        """The training samples of one record: (text, spans) each; one unless a recipe splits records."""
+        return [self.render(record)]
+
     def offsets(self, text: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bytes | None]:
         """(token starts, token ends, utf-8 text or None): byte offsets, or character offsets from HF."""
         if self.byte_lengths is not None:
@@ -132,10 +138,12 @@ class SFTRecipe(Recipe):
         rendered, where = [], []
         for j, record in enumerate(records):
             try:
-                rendered.append(self.render(record))
-                where.append(j)
+                samples = self.samples(record)
             except BadConversation as exc:  # a TemplateError (the template's own fault) goes on up
                 rejects.add(path, lambda j=j: locate(j), str(exc))
+                continue
+            rendered += samples
+            where += [j] * len(samples)
         ids, offsets = encoder.encode([text for text, _ in rendered])
         tokens, masks, lengths = [], [], []
         for k, (text, spans) in enumerate(rendered):

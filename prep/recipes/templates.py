@@ -115,6 +115,8 @@ class ChatTemplate:
         self.end_tokens = tuple(sorted(t for t in ends if t))
         # What the template writes between the generation prompt and the content (Qwen3's empty
         # think block, gpt-oss's channel header) is the model's output: trained from the prompt's end.
+        thought = self._render_or_none([*exchange[:-1], {"role": "assistant", "content": "A", "reasoning_content": "R"}])
+        self.renders_reasoning = bool(thought) and "R" in thought
         prompt = self._render_or_none(exchange[:-1], generation_prompt=True)
         self.output_gap = prompt is not None and probe.startswith(prompt) and probe.index(OPEN) > len(prompt)
 
@@ -158,8 +160,8 @@ class ChatTemplate:
             raise (self._unusable(fault) if fault else BadConversation(f"the chat template refused it ({_reason(exc)})")) from None
         return rendered[0], spans[0]
 
-    def spans(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
-        """(rendered text, trained character spans in order)."""
+    def spans(self, messages: list[dict], tools, last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
+        """(rendered text, trained character spans in order); `last_only`: the last assistant turn's only."""
         messages = [_with_arguments(m, self.string_arguments) for m in messages]
         assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         if self.generation:
@@ -173,9 +175,22 @@ class ChatTemplate:
             if spans is None:
                 text = self.render(messages, tools)
                 spans = self._prefix_spans(messages, tools, text, assistants)
-        if self.last_turn_only:
-            spans = spans[-1:]
+        if self.last_turn_only or last_only:
+            spans, assistants = spans[-1:], assistants[-1:]
+        if self.renders_reasoning:
+            self._check_reasoning_kept(text, spans, [messages[i] for i in assistants])
         return text, [s for s in spans if s[1] > s[0]]
+
+    def _check_reasoning_kept(self, text: str, spans, trained: list[dict]) -> None:
+        """A trained turn whose reasoning the render left out (Qwen3 drops it from turns before the
+        last user message) would teach the model to answer without it: refused."""
+        start = 0
+        for (_, end), message in zip(spans, trained):
+            reasoning = (message.get("reasoning_content") or "").strip()
+            if reasoning and reasoning not in text[start:end]:
+                raise BadConversation("the chat template drops this turn's reasoning once later turns exist; "
+                                      "pass --per-turn for one sample per assistant turn, rendered as when it was generated")
+            start = end
 
     def _end(self, text: str, position: int, limit: int) -> int:
         """The end of the turn whose trained text runs to `position`: just past the first end-of-turn token."""
@@ -249,9 +264,20 @@ class ChatTemplate:
                 raise BadConversation("the chat template renders earlier turns differently once later turns exist; "
                                       "assistant spans would be ambiguous")
             start = len(prompt)
-            span = (start, self._end(text, start, len(text)))
+            span = (start, self._end(text, self._after_content(text, start, messages[i]), len(text)))
             spans.append(self._without_reasoning(text, span, messages[i]))
         return spans
+
+    @staticmethod
+    def _after_content(text: str, start: int, message: dict) -> int:
+        """Where turn `message`, rendered from `start`, has written its reasoning and content: its
+        end-of-turn token comes after that (gpt-oss closes the reasoning with an end token too)."""
+        position = start
+        for part in ((message.get("reasoning_content") or "").strip(), (message.get("content") or "").strip()):
+            at = text.find(part, position) if part else -1
+            if at >= 0:
+                position = at + len(part)
+        return position
 
     def _without_reasoning(self, text: str, span: tuple[int, int], message: dict) -> tuple[int, int]:
         reasoning = message.get("reasoning_content")

@@ -75,6 +75,8 @@ class TokenizeStage(Stage):
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
         recipe_job = recipe.prepare(config, spec)
+        if config.per_turn and config.recipe != "chat":
+            raise PrepError(f"--per-turn is for --recipe chat (one sample per assistant turn), not --recipe {config.recipe}")
         if sft and nanogpt_format and config.pack:
             raise PrepError("--pack is for --format megatron; NanoGPT shards are one token stream (the loaders cut windows from it)")
         template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
