@@ -8,6 +8,10 @@ train time beyond what `prep index` would cache. numpy + torch only: AutoModel i
 - `MegatronPretraining`: AutoModel's `llm.megatron_dataset.MegatronPretraining`, sample for sample
   (its vendored Megatron GPT dataset: Megatron-Core's document, sample and shuffle indices; items
   `input_ids`, `labels`, `loss_mask` and `attention_mask` with `create_attention_mask`).
+- `NanogptDataset`: AutoModel's `llm.nanogpt_dataset.NanogptDataset` windows over prep's NanoGPT
+  shards (or any shards), in its order, map-style with a known length; SFT shards give -100 labels.
+- `ChatDataset`, `ColumnMappedTextInstructionDataset`: AutoModel's SFT items from prep's offline
+  chat / instruction / completion outputs (`loaders.automodel_sft`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loaders.automodel_sft import ChatDataset, ColumnMappedTextInstructionDataset, SFTItems  # noqa: F401 (targets)
 from loaders.gpt import GPTDataset, masks_and_position_ids
+from loaders.nanogpt import NanoGPTDataset
 
 SPLIT_NAMES = {"train": 0, "validation": 1, "valid": 1, "val": 1, "dev": 1, "test": 2}
 AUTOMODEL_PAD = -100  # AutoModel's pad id when the tokenizer gives none
@@ -156,3 +162,38 @@ def MegatronPretraining(paths, seq_length: int = 2048, tokenizer=None, micro_bat
             raise
         dataset = build(eos_id)  # Megatron prefixes without a manifest: the tokenizer's EOS
     return PretrainingSplit(dataset, num_samples[split_index], pad_id, eos_id, create_attention_mask)
+
+
+class NanogptWindows(torch.utils.data.Dataset):
+    """AutoModel's NanoGPT items (`input_ids`, `labels` as lists) over every window, in its order."""
+
+    def __init__(self, windows: NanoGPTDataset):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.windows[i]
+        return {"input_ids": item["input_ids"].tolist(), "labels": item["labels"].tolist()}
+
+
+def NanogptDataset(file_pattern, seq_len: int, *, bos_token: int | None = None, shuffle_files: bool = False,
+                   align_to_bos: bool = False, **unused) -> NanogptWindows:
+    """AutoModel's `llm.nanogpt_dataset.NanogptDataset` arguments: `file_pattern` a prep NanoGPT
+    output (folder or manifest), a glob or a list of shards. Its windows, in the order one AutoModel
+    reader yields them over the sorted shards (one pass), map-style: AutoModel's sampler shuffles and
+    splits them across ranks (so `shuffle_files` changes nothing here). `bos_token` defaults to the
+    manifest's BOS."""
+    if unused:
+        raise TypeError(f"NanogptDataset: unknown or unsupported argument(s) {sorted(unused)}")
+    source = file_pattern
+    if isinstance(file_pattern, (str, Path)) and (Path(file_pattern).is_dir() or str(file_pattern).endswith(".json")):
+        source = Path(file_pattern)
+    elif isinstance(file_pattern, (str, Path)):
+        source = sorted(glob.glob(str(file_pattern)))
+        if not source:
+            raise FileNotFoundError(f"No files matched pattern {file_pattern}")
+    else:
+        source = [str(f) for f in file_pattern]
+    return NanogptWindows(NanoGPTDataset(source, seq_len, align_to_bos=align_to_bos, bos_token=bos_token))

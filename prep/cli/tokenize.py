@@ -29,6 +29,10 @@ from prep.tokenize.stage import TokenizeStage
 @click.option("--use-chat-template", is_flag=True, help="instruction: render context/question/answer as system/user/assistant turns.")
 @click.option("--mask-reasoning", is_flag=True, help="chat: no loss on assistant reasoning_content either.")
 @click.option("--last-turn-only", is_flag=True, help="chat: loss on the last assistant turn only.")
+@click.option("--mask-convention", type=click.Choice(["prep", "automodel"]), default="prep", show_default=True,
+              help="chat: which tokens of an assistant turn are trained. prep: from the end of the generation prompt through "
+                   "the end-of-turn token. automodel: NeMo AutoModel ChatDataset's (the role header and the newline after "
+                   "the end-of-turn token too), to train exactly as AutoModel would.")
 @click.option("--per-turn", is_flag=True,
               help="chat: one sample per assistant turn, the conversation up to it rendered as the model saw it when "
                    "generating that turn, loss on that turn only (for templates that rewrite earlier turns: Qwen3 drops "
@@ -81,7 +85,7 @@ from prep.tokenize.stage import TokenizeStage
 @click.option("--config", type=click.Path(dir_okay=False, exists=True), callback=load_config_file, is_eager=True,
               expose_value=False, help="YAML file of options (names as on the command line).")
 def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, use_chat_template, mask_reasoning,
-             last_turn_only, per_turn, max_length, pack, pack_window, seed, overlong, query_prefix, passage_prefix,
+             last_turn_only, mask_convention, per_turn, max_length, pack, pack_window, seed, overlong, query_prefix, passage_prefix,
              use_dataset_instruction, query_max_length, doc_max_length, format_, nanogpt_header, keys, eod, bos, eod_token, bos_token, split_special_tokens,
              shard_tokens, workers, unit_bytes, skip_invalid, overwrite, task, backend, progress):
     """Tokenize INPUT files (JSONL[.gz|.zst], JSON, CSV/TSV, Parquet, HF save_to_disk folders) into Megatron datasets.
@@ -96,7 +100,7 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
     column_map = _columns(columns, recipe)
     config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe,
                             chat_template=chat_template, columns=column_map, preset=preset, use_chat_template=use_chat_template,
-                            mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, per_turn=per_turn, max_length=max_length, overlong=overlong,
+                            mask_reasoning=mask_reasoning, last_turn_only=last_turn_only, mask_convention=mask_convention, per_turn=per_turn, max_length=max_length, overlong=overlong,
                             pack=pack, pack_window=pack_window, seed=seed, query_prefix=query_prefix,
                             passage_prefix=passage_prefix, use_dataset_instruction=use_dataset_instruction,
                             query_max_length=query_max_length, doc_max_length=doc_max_length, format=format_, nanogpt_header=nanogpt_header,

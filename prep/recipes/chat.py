@@ -3,6 +3,8 @@ rendered by the tokenizer's chat template, loss on the assistant turns (prep.rec
 
 from __future__ import annotations
 
+import json
+
 import orjson
 
 from prep.recipes.base import register
@@ -59,6 +61,37 @@ def normalize(record: dict) -> tuple[list[dict], list | None]:
     return out, tools or None
 
 
+def as_automodel(record: dict) -> dict:
+    """The record as NeMo AutoModel's ChatDataset hands it to the template (its _normalize_messages):
+    text parts joined with spaces, no content as "", tool calls given an id (call_N) and a type, and
+    arguments that are not a string serialised with Python's json.dumps (so `| tojson` writes a string)."""
+    messages = record.get("messages")
+    if not isinstance(messages, list):
+        return record
+    out = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return record  # normalize() says what is wrong with it
+        message = dict(message)
+        content = message.get("content")
+        if isinstance(content, list):
+            message["content"] = " ".join(p["text"] for p in content if isinstance(p, dict) and "text" in p)
+        elif content is None:
+            message["content"] = ""
+        if message.get("role") == "assistant" and isinstance(message.get("tool_calls"), list):
+            calls = []
+            for k, call in enumerate(message["tool_calls"]):
+                if isinstance(call, dict) and isinstance(call.get("function"), dict):
+                    function = dict(call["function"])
+                    if "arguments" in function and not isinstance(function["arguments"], str):
+                        function["arguments"] = json.dumps(function["arguments"])
+                    call = {**call, "id": call.get("id") or f"call_{k}", "type": call.get("type") or "function", "function": function}
+                calls.append(call)
+            message["tool_calls"] = calls
+        out.append(message)
+    return {**record, "messages": out}
+
+
 def _content(content, i: int):
     if content is None or isinstance(content, str):
         return content
@@ -103,11 +136,13 @@ class ChatRecipe(SFTRecipe):
         return None  # every column: messages, tools, conversations
 
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
+        if self.options.mask_convention == "automodel":
+            record = as_automodel(record)
         return self.template.spans(*normalize(record))
 
     def samples(self, record: dict) -> list[tuple[str, list[tuple[int, int]]]]:
         if not self.options.per_turn:
             return [self.render(record)]
-        messages, tools = normalize(record)  # each turn as when it was generated: the conversation up to it
+        messages, tools = normalize(as_automodel(record) if self.options.mask_convention == "automodel" else record)  # each turn as when it was generated: the conversation up to it
         return [self.template.spans(messages[:i + 1], tools, last_only=True)
                 for i, m in enumerate(messages) if m["role"] == "assistant"]

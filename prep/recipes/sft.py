@@ -69,6 +69,7 @@ class SFTOptions:
     mask_reasoning: bool
     last_turn_only: bool
     per_turn: bool
+    mask_convention: str
     max_length: int | None
     overlong: str
 
@@ -98,7 +99,7 @@ class SFTRecipe(Recipe):
         c = job["config"]
         source = c.get("chat_template") or f"{c.get('tokenizer')} (its chat template)"
         self.template = ChatTemplate(chat_template, job["special_tokens_map"], added, options.mask_reasoning,
-                                     options.last_turn_only, source) if needs_template else None
+                                     options.last_turn_only, source, options.mask_convention) if needs_template else None
 
     def source_keys(self) -> list[str] | None:
         return list(self.options.columns.values()) if self.options.columns else None

@@ -50,8 +50,8 @@ class ChatTemplate:
     """Renders conversations and finds their trained character spans."""
 
     def __init__(self, template: str, special_tokens: dict, added_tokens: list[str], mask_reasoning: bool = False,
-                 last_turn_only: bool = False, source: str = "the chat template"):
-        self.template, self.special_tokens, self.source = template, special_tokens, source
+                 last_turn_only: bool = False, source: str = "the chat template", convention: str = "prep"):
+        self.template, self.special_tokens, self.source, self.convention = template, special_tokens, source, convention
         self.mask_reasoning, self.last_turn_only = mask_reasoning, last_turn_only
         self.generation = bool(GENERATION.search(template))
         try:
@@ -142,6 +142,8 @@ class ChatTemplate:
         """How the trained spans are found, for the manifest."""
         if self.generation:
             return "generation blocks"
+        if self.convention == "automodel":
+            return "prefix renders, AutoModel's convention (role header and the newline after the end-of-turn token trained)"
         return "marked render" if self.faithful else "marked render checked against a plain render, else prefix renders"
 
     def render(self, messages: list[dict], tools, generation_prompt: bool = False, indices: bool = False):
@@ -162,9 +164,12 @@ class ChatTemplate:
 
     def spans(self, messages: list[dict], tools, last_only: bool = False) -> tuple[str, list[tuple[int, int]]]:
         """(rendered text, trained character spans in order); `last_only`: the last assistant turn's only."""
-        messages = [_with_arguments(m, self.string_arguments) for m in messages]
+        if self.convention != "automodel":  # AutoModel hands the template the record's arguments as they are
+            messages = [_with_arguments(m, self.string_arguments) for m in messages]
         assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        if self.generation:
+        if self.convention == "automodel" and not self.generation:
+            text, spans = self._turn_spans(messages, tools, assistants)
+        elif self.generation:
             text, indices = self.render(messages, tools, indices=True)
             spans = [tuple(s) for s in indices]
             if len(spans) != len(assistants):
@@ -180,6 +185,24 @@ class ChatTemplate:
         if self.renders_reasoning:
             self._check_reasoning_kept(text, spans, [messages[i] for i in assistants])
         return text, [s for s in spans if s[1] > s[0]]
+
+    def _turn_spans(self, messages, tools, assistants):
+        """NeMo AutoModel's answer-only mask (formatting_utils._build_multiturn_assistant_mask): each
+        assistant turn from the end of the render of the messages before it (no generation prompt:
+        the role header is trained) to the end of the render through it (the newline after the
+        end-of-turn token too). Each such render must be a prefix of the whole, as AutoModel requires."""
+        text = self.render(messages, tools)
+        spans = []
+        for i in assistants:
+            bounds = []
+            for k in (i, i + 1):
+                prefix = self.render(messages[:k], tools) if k < len(messages) else text
+                if not text.startswith(prefix):
+                    raise BadConversation("the chat template renders earlier turns differently once later turns exist; "
+                                          "AutoModel's mask convention needs each prefix render to be a prefix of the whole")
+                bounds.append(len(prefix))
+            spans.append(tuple(bounds))
+        return text, spans
 
     def _check_reasoning_kept(self, text: str, spans, trained: list[dict]) -> None:
         """A trained turn whose reasoning the render left out (Qwen3 drops it from turns before the

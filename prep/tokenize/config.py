@@ -32,6 +32,7 @@ class TokenizeConfig:
     use_chat_template: bool = False
     mask_reasoning: bool = False
     last_turn_only: bool = False
+    mask_convention: str = "prep"  # chat: prep's spans, or NeMo AutoModel's (see prep.recipes.templates)
     per_turn: bool = False  # chat: one sample per assistant turn, rendered as when it was generated
     max_length: int | None = None
     overlong: str = "truncate"

@@ -75,6 +75,8 @@ class TokenizeStage(Stage):
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
         recipe_job = recipe.prepare(config, spec)
+        if config.mask_convention != "prep" and (config.recipe != "chat" or config.mask_reasoning):
+            raise PrepError("--mask-convention automodel is for --recipe chat without --mask-reasoning")
         if config.per_turn and config.recipe != "chat":
             raise PrepError(f"--per-turn is for --recipe chat (one sample per assistant turn), not --recipe {config.recipe}")
         if sft and nanogpt_format and config.pack:

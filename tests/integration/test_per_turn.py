@@ -9,7 +9,7 @@ import json
 import pytest
 
 from helpers import prep, write_jsonl
-from test_real_templates import HERE, conversations, end_tokens, hf_tokenizer, independent_mask, tokenizer_dir
+from chat_cases import HERE, conversations, end_tokens, hf_tokenizer, independent_mask, tokenizer_dir
 from test_sft import _read
 
 
