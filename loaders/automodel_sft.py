@@ -129,7 +129,8 @@ class SFTItems(torch.utils.data.Dataset):
 
 def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncation, unshifted, split, unused: dict,
          **decided) -> SFTItems:
-    refused = sorted(k for k in unused if k in TOKENIZE_TIME and unused[k] not in (None, False))
+    refused = sorted(k for k in unused if k in TOKENIZE_TIME and unused[k] not in (None, False)
+                     and not (k == "answer_only_loss_mask" and unused[k] is True))  # prep's masks are answer-only
     if refused:
         raise TypeError(f"{target}: {', '.join(refused)} decide(s) tokens or masks, which prep decided when it tokenized; "
                         "set them on prep tokenize (--chat-template, --columns, ...) instead")

@@ -169,3 +169,28 @@ def test_nanogpt_sft_shards_give_masked_labels(tmp_path):
     items = automodel.NanogptDataset(str(out), 48)
     labels = [label for i in range(len(items)) for label in items[i]["labels"]]
     assert -100 in labels and any(label != -100 for label in labels)
+
+
+def test_the_example_configs_dataset_blocks_build(tmp_path):
+    """examples/automodel's dataset blocks, their paths pointed at real outputs, build through
+    AutoModel's make_dataset_config (as its recipes resolve them)."""
+    import yaml
+    from nemo_automodel.components.datasets.loader import make_dataset_config
+    from transformers import AutoTokenizer
+
+    from helpers import ROOT
+
+    folder = tokenizer_dir("smollm2", tmp_path)
+    chats = write_jsonl(tmp_path / "chat.jsonl", conversations({"system": True}, 10))
+    prep("tokenize", chats, "-o", tmp_path / "sft", "--recipe", "chat", "--tokenizer", folder, "--mask-convention", "automodel")
+    prep("tokenize", write_jsonl(tmp_path / "t.jsonl", botchan_documents(200)), "-o", tmp_path / "nano",
+         "--tokenizer", TOKENIZERS / "gpt2", "--format", "nanogpt")
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    for name, out, key in (("chat_sft_packed.yaml", tmp_path / "sft", "path_or_dataset_id"),
+                           ("nanogpt_pretrain_dataset.yaml", tmp_path / "nano", "file_pattern")):
+        config = yaml.safe_load((ROOT / "examples" / "automodel" / name).read_text())
+        for block in [b for b in ("dataset", "validation_dataset") if b in config]:
+            kwargs = {k: v for k, v in config[block].items() if k != "_target_"}
+            kwargs[key] = str(out)
+            built = make_dataset_config(config[block]["_target_"], kwargs).build(tokenizer=tok)
+            assert len(built) > 0 and "input_ids" in built[0] and "labels" in built[0]
