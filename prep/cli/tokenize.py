@@ -15,12 +15,28 @@ from prep.tokenize.config import TokenizeConfig
 from prep.tokenize.stage import TokenizeStage
 
 
+class RecipeName(click.ParamType):
+    """A built-in recipe's name, or a user's MODULE:CALLABLE (prep.recipes.custom)."""
+
+    name = "recipe"
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join(recipes.names()) + "|MODULE:CALLABLE]"
+
+    def convert(self, value, param, ctx):
+        if value in recipes.names() or (isinstance(value, str) and ":" in value):
+            return value
+        self.fail(f"{value!r} is not one of {', '.join(map(repr, recipes.names()))}, nor a MODULE:CALLABLE", param, ctx)
+
+
 @click.command(context_settings=CONTEXT, cls=StageCommand)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder (created).")
 @click.option("--tokenizer", required=True, help="Folder that transformers.AutoTokenizer loads, or a tokenizer.json.")
-@click.option("--recipe", type=click.Choice(recipes.names()), default="text", show_default=True,
-              help=" ".join(recipes.get(name).help for name in recipes.names() if recipes.get(name).help))
+@click.option("--recipe", type=RecipeName(), default="text", show_default=True,
+              help=" ".join(recipes.get(name).help for name in recipes.names() if recipes.get(name).help)
+              + " MODULE:CALLABLE (or FILE.py:CALLABLE): your function mapping a record to a `messages` list (chat) or "
+                "a context/question/answer dict (instruction), or a class with get_context/get_target (completion).")
 @click.option("--chat-template", type=click.Path(dir_okay=False, exists=True), default=None,
               help="A .jinja chat template to use instead of the tokenizer's.")
 @click.option("--columns", default=None, help="instruction/completion: role=column pairs, e.g. context=input,question=instruction,answer=output.")
@@ -112,7 +128,7 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
 
 def _columns(text: str | None, recipe: str) -> dict:
     """'context=input,answer=output' -> {"context": "input", "answer": "output"}, checked for the recipe."""
-    if not recipes.get(recipe).takes_columns:
+    if ":" in recipe or not recipes.get(recipe).takes_columns:
         if text:
             takers = " or ".join(n for n in recipes.names() if recipes.get(n).takes_columns)
             raise click.BadParameter(f"--columns is for --recipe {takers}", param_hint="--columns")

@@ -1,9 +1,20 @@
-"""Recipes by name: text, chat, instruction, completion (one file each, registered on import)."""
+"""Recipes by name: text, chat, instruction, completion, retrieval (one file each, registered on
+import), or a user's callable (`module:callable`, prep.recipes.custom) feeding one of them."""
 
 from __future__ import annotations
 
 from prep.recipes.base import RECIPES, Recipe, register
 
-names, get = RECIPES.names, RECIPES.get
+names = RECIPES.names
+
+
+def get(name: str, base: str | None = None):
+    """The recipe class `name`; a user's `module:callable` needs the built-in `base` it feeds."""
+    if ":" in name:
+        from prep.recipes.custom import recipe_class
+
+        return recipe_class(name, base)
+    return RECIPES.get(name)
+
 
 __all__ = ["Recipe", "register", "names", "get"]

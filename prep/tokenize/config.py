@@ -58,10 +58,12 @@ class TokenizeConfig:
 
 
 def tokenize_fingerprint(config: TokenizeConfig, tokenizer_sha256: str, eod_id, bos_id, dtype: str,
-                         chat_template: str | None = None) -> str:
+                         chat_template: str | None = None, recipe_source_sha256: str | None = None) -> str:
     values = {k: v for k, v in config.to_dict().items() if k not in TokenizeConfig.RUNTIME + ("chat_template",)}
     values.update(tokenizer_sha256=tokenizer_sha256, eod_id=eod_id, bos_id=bos_id, dtype=dtype,
                   chat_template_sha256=hashlib.sha256(chat_template.encode()).hexdigest() if chat_template else None)
+    if recipe_source_sha256:  # a user's recipe callable: its module's source (absent for built-ins: fingerprints unchanged)
+        values["recipe_source_sha256"] = recipe_source_sha256
     return fingerprint({"tool": f"prep {__version__}", **values})
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from loaders.formats import indexed, nanogpt
 from loaders.manifest import MANIFEST_NAME, ManifestError, load as load_manifest
 from prep import recipes, sources
+from prep.recipes import custom
 from prep.errors import PrepError
 from prep.pipeline import durable, workdir as wd
 from prep.pipeline.processes import default_workers
@@ -17,7 +18,7 @@ from prep.pipeline.units import Unit
 from prep.tokenize import finalize as finalizing
 from prep.tokenize.config import TokenizeConfig, tokenize_fingerprint
 from prep.tokenize.tokenizer import BackendMismatch, Encoder, ReferenceIds, load_encoder, load_spec, probe_mismatch, probe_texts
-from prep.tokenize.worker import load_state, open_worker, sample_texts
+from prep.tokenize.worker import first_record, load_state, open_worker, sample_texts
 from prep.writers import megatron
 
 MIN_UNIT, MAX_UNIT = 8 << 20, 256 << 20
@@ -71,7 +72,8 @@ class TokenizeStage(Stage):
         config = self.config
         out = Path(config.output)
         spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
-        recipe = recipes.get(config.recipe)
+        base = custom.base_of(config.recipe, first_record(config.inputs)) if custom.is_custom(config.recipe) else None
+        recipe = recipes.get(config.recipe, base)
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
         recipe_job = recipe.prepare(config, spec)
@@ -111,7 +113,8 @@ class TokenizeStage(Stage):
         except ValueError as exc:
             raise PrepError(f"--nanogpt-header legacy: {exc}") from None
         fp = tokenize_fingerprint(config, spec.sha256, spec.eod_id if config.eod else None, spec.bos_id if config.bos else None,
-                                  dtype.name, template if sft else None)
+                                  dtype.name, template if sft else None,
+                                  custom.source_sha256(config.recipe) if base else None)
         workdir = wd.workdir_of(out)
         wd.claim_output(out, fp, overwrite, clear_outputs, "output made with another configuration", log, alone)
         if (out / MANIFEST_NAME).exists():
@@ -132,7 +135,7 @@ class TokenizeStage(Stage):
             "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
             "skip_invalid": config.skip_invalid, "backend": config.backend, "format": config.format, "recipe": config.recipe,
             "dtypes": {"loss_mask": "uint8"} if sft else {}, "chat_template": template if sft else None,
-            "special_tokens_map": spec.special_tokens_map, **recipe_job,
+            "special_tokens_map": spec.special_tokens_map, "recipe_base": base, **recipe_job,
         }
         wd.write_job(workdir, job)
         durable.write_bytes(workdir / "tokenizer.json", spec.json.encode())
@@ -149,7 +152,7 @@ class TokenizeStage(Stage):
         # assembled while units run, and handed to finalize.
         c, self.units = job["config"], units
         if (whole and job["format"] == "megatron" and not c["shard_tokens"] and not c.get("pack")
-                and recipes.get(job["recipe"]).keys is None):
+                and recipes.get(job["recipe"], job.get("recipe_base")).keys is None):
             self.merger = megatron.StreamingMerge(Path(job["workdir"]), Path(job["out"]), units, job["keys"])
             self.merger.restart(done)
 
@@ -175,7 +178,7 @@ class TokenizeStage(Stage):
         tokenizer_json = (workdir / "tokenizer.json").read_text()
         # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
         plan_units = wd.plan_units(workdir)
-        sample = sample_texts(plan_units, recipes.get(job["recipe"]).probe_keys() or job["keys"])
+        sample = sample_texts(plan_units, recipes.get(job["recipe"], job.get("recipe_base")).probe_keys() or job["keys"])
         reference = None
         if job["backend"] != "hf":  # HF's ids for the probe, computed while the fast backend loads
             reference = ReferenceIds(tokenizer_json, job["split_special_tokens"], probe_texts(tokenizer_json, sample))

@@ -26,7 +26,7 @@ _STATE: dict = {}  # the job, the loaded encoder and recipe; forked workers inhe
 def load_state(job: dict, encoder: Encoder, tokenizer_json: str):
     """Set this process's state (before workers fork from it, so they inherit the encoder).
     Returns the recipe instance (a template that can't be used fails here, before any unit)."""
-    recipe = recipes.get(job["recipe"])(job, tokenizer_json)
+    recipe = recipes.get(job["recipe"], job.get("recipe_base"))(job, tokenizer_json)
     _STATE.clear()
     _STATE.update(job, encoder=encoder, recipe_state=recipe, tokenizer_json=tokenizer_json, encoder_backend=encoder.backend)
     return recipe
@@ -78,6 +78,21 @@ def run_unit(unit: Unit) -> dict:
               "bytes": unit.size, "keys": parts, "skipped": rejects.counts, "examples": rejects.examples, **counts, **extra}
     write_done(workdir, unit, record)
     return record
+
+
+def first_record(inputs: list[str]) -> dict | None:
+    """The corpus's first record (a user's recipe callable is asked what it makes of it)."""
+    for path in sources.expand_inputs(inputs):
+        ranges = sources.plan_file(path, 1 << 40)
+        if not ranges:
+            continue
+        try:
+            for records, _ in sources.read_unit(str(path), *ranges[0], None, Rejects(skip=True), SAMPLE_BYTES):
+                if records:
+                    return records[0]
+        except BadRecord:
+            continue
+    return None
 
 
 def sample_texts(units: list[Unit], keys: list[str]) -> list[str]:
