@@ -7,8 +7,12 @@ assistant turns with --use-chat-template.
 
 from __future__ import annotations
 
+import numpy as np
+
+from prep.errors import PrepError
 from prep.recipes.base import register
 from prep.recipes.sft import SFTRecipe
+from prep.recipes.special_tokens import special_tokens
 from prep.recipes.templates import BadConversation
 
 
@@ -45,6 +49,34 @@ class InstructionRecipe(SFTRecipe):
     @classmethod
     def needs_template(cls, config) -> bool:
         return bool(config.use_chat_template)
+
+    @classmethod
+    def prepare(cls, config, spec) -> dict:
+        if config.mask_convention != "automodel" or config.use_chat_template:
+            return {}
+        if config.eod or config.bos:
+            raise PrepError("--mask-convention automodel: AutoModel adds no EOD or BOS of its own (the tokenizer's "
+                            "post-processor decides); drop --eod / --bos")
+        config.eod = config.bos = False
+        before, after = special_tokens(spec.json, config.recipe)
+        return {"automodel": {"before": before, "after": after, "prompt_bos": int(spec.add_bos_token)}}
+
+    def sample_and_mask(self, text, spans, ids):
+        """With --mask-convention automodel, NeMo AutoModel's format_prompt_completion: the ids of
+        `tokenizer(prompt + answer)` (its post-processor's special tokens around the text), trained
+        from the token count of the prompt tokenized alone (plus BOS when the tokenizer's
+        `add_bos_token` says so), which may start a token early or late where the prompt's last
+        token merges with the answer's first."""
+        convention = self.job.get("automodel")
+        if convention is None:
+            return super().sample_and_mask(text, spans, ids)
+        if self._hf is None:
+            from tokenizers import Tokenizer
+
+            self._hf = Tokenizer.from_str(self.spec_json)
+        prompt = len(self._hf.encode(text[:spans[0][0]], add_special_tokens=False).ids) + convention["prompt_bos"]
+        sample = np.concatenate([np.asarray(convention["before"], ids.dtype), ids, np.asarray(convention["after"], ids.dtype)])
+        return sample, (np.arange(len(sample)) >= prompt).astype(np.uint8)
 
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
         o = self.options

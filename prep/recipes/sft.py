@@ -126,6 +126,10 @@ class SFTRecipe(Recipe):
         offsets = np.array(self._hf.encode(text, add_special_tokens=False).offsets, np.int64).reshape(-1, 2)
         return offsets[:, 0], offsets[:, 1], None
 
+    def sample_and_mask(self, text: str, spans: list[tuple[int, int]], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One sample's ids and loss mask (before prep's own BOS / EOD)."""
+        return ids, self.mask(text, spans, ids)
+
     def mask(self, text: str, spans: list[tuple[int, int]], ids: np.ndarray) -> np.ndarray:
         starts, ends, raw = self.offsets(text, ids)
         if raw is not None and len(raw) != len(text):  # non-ASCII: character spans -> byte spans
@@ -148,8 +152,7 @@ class SFTRecipe(Recipe):
         ids, offsets = encoder.encode([text for text, _ in rendered])
         tokens, masks, lengths = [], [], []
         for k, (text, spans) in enumerate(rendered):
-            sample = ids[offsets[k]:offsets[k + 1]]
-            mask = self.mask(text, spans, sample)
+            sample, mask = self.sample_and_mask(text, spans, ids[offsets[k]:offsets[k + 1]])
             if self.bos_id is not None and not (len(sample) and sample[0] == self.bos_id):  # a template's own BOS is kept, not doubled
                 sample, mask = np.concatenate([[self.bos_id], sample]), np.concatenate([[0], mask]).astype(np.uint8)
             if self.eod_id is not None:

@@ -76,11 +76,12 @@ class TokenizeStage(Stage):
         recipe = recipes.get(config.recipe, base)
         nanogpt_format = config.format == "nanogpt"
         sft = recipe.loss_mask
-        recipe_job = recipe.prepare(config, spec)
-        if config.mask_convention != "prep" and (config.recipe != "chat" or config.mask_reasoning):
-            raise PrepError("--mask-convention automodel is for --recipe chat without --mask-reasoning")
-        if config.per_turn and config.recipe != "chat":
+        feeds = base or config.recipe  # a user's callable feeds a built-in recipe
+        if config.mask_convention != "prep" and (feeds not in ("chat", "instruction", "completion") or config.mask_reasoning):
+            raise PrepError("--mask-convention automodel is for --recipe chat (without --mask-reasoning), instruction or completion")
+        if config.per_turn and feeds != "chat":
             raise PrepError(f"--per-turn is for --recipe chat (one sample per assistant turn), not --recipe {config.recipe}")
+        recipe_job = recipe.prepare(config, spec)
         if sft and nanogpt_format and config.pack:
             raise PrepError("--pack is for --format megatron; NanoGPT shards are one token stream (the loaders cut windows from it)")
         template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template

@@ -51,6 +51,7 @@ class TokenizerSpec:
     special_ids: dict = field(default_factory=dict)
     chat_template: str | None = None
     special_tokens_map: dict = field(default_factory=dict)
+    add_bos_token: bool = False  # the transformers tokenizer's attribute (AutoModel's prompt-completion mask reads it)
 
     def manifest(self) -> dict:
         return {"source": self.source, "sha256": self.sha256, "vocab_size": self.vocab_size,
@@ -73,7 +74,7 @@ def _resolve_folder(source: Path) -> dict:
     and the transformers version."""
     from importlib.metadata import version
 
-    digest = hashlib.sha256(f"resolved/3 transformers {version('transformers')}".encode())
+    digest = hashlib.sha256(f"resolved/4 transformers {version('transformers')}".encode())
     for f in sorted(p for p in source.iterdir() if p.is_file()):
         digest.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
     cached = _cache_dir() / f"{digest.hexdigest()[:32]}.json"
@@ -97,7 +98,8 @@ def _resolve_folder(source: Path) -> dict:
     template = auto.chat_template if isinstance(auto.chat_template, str) else None
     resolved = {"json": backend.to_str(), "vocab_size": len(auto), "eos": auto.eos_token, "bos": auto.bos_token,
                 "chat_template": template, "special_tokens_map": dict(auto.special_tokens_map),
-                "special_ids": {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")}}
+                "special_ids": {name: getattr(auto, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "unk")},
+                "add_bos_token": bool(getattr(auto, "add_bos_token", False))}
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         for path, text in ((cached_json, resolved["json"]), (cached, json.dumps({k: v for k, v in resolved.items() if k != "json"}))):
@@ -138,6 +140,7 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         eod, bos = resolved["eos"], resolved["bos"]
         vocabulary = _vocabulary(text)
         template, tokens_map = resolved["chat_template"], resolved["special_tokens_map"]
+        add_bos = resolved.get("add_bos_token", False)
     elif source.is_file():
         text = source.read_text(encoding="utf-8")
         try:
@@ -149,6 +152,7 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         eod = next((name for name in EOS_NAMES if name in specials), None)
         bos = next((name for name in BOS_NAMES if name in specials), None)
         special, template, tokens_map = {}, None, {k: v for k, v in (("eos_token", eod), ("bos_token", bos)) if v}
+        add_bos = False
     else:
         raise PrepError(f"{path}: no such tokenizer folder or tokenizer.json")
     eod, bos = eod_token or eod, bos_token or bos
@@ -156,7 +160,7 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         source=str(Path(path).resolve()), json=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
         vocab_size=vocab_size, eod_id=vocabulary.get(_content(eod)), bos_id=vocabulary.get(_content(bos)),
         special_ids={k: v for k, v in special.items() if v is not None}, chat_template=template,
-        special_tokens_map=tokens_map,
+        special_tokens_map=tokens_map, add_bos_token=add_bos,
     )
     if eod_token and spec.eod_id is None:
         raise PrepError(f"--eod-token {eod_token!r} is not in the tokenizer's vocabulary")

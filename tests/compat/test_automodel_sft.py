@@ -194,3 +194,27 @@ def test_the_example_configs_dataset_blocks_build(tmp_path):
             kwargs[key] = str(out)
             built = make_dataset_config(config[block]["_target_"], kwargs).build(tokenizer=tok)
             assert len(built) > 0 and "input_ids" in built[0] and "labels" in built[0]
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "llama3", "smollm2-135m-instruct"])
+def test_instruction_items_equal_automodels_column_mapped_dataset(tmp_path, tokenizer):
+    """--recipe instruction --mask-convention automodel read through
+    loaders.automodel.ColumnMappedTextInstructionDataset: AutoModel's prompt-completion items
+    (tokenizer(prompt + answer) with its post-processor's tokens, trained from the prompt's own
+    token count) for the same rows."""
+    from nemo_automodel.components.datasets.llm.column_mapped_text_instruction_dataset import ColumnMappedTextInstructionDataset
+    from transformers import AutoTokenizer
+
+    from chat_cases import LINES
+
+    rows = [{"doc": LINES[i * 3].strip() or "Botchan.", "q": f"What is line {i} about?", "a": LINES[i * 3 + 1].strip() + " 日本"}
+            for i in range(1, 40)]
+    corpus = write_jsonl(tmp_path / "inst.jsonl", rows)
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", "instruction", "--columns", "context=doc,question=q,answer=a",
+         "--tokenizer", TOKENIZERS / tokenizer, "--mask-convention", "automodel")
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / tokenizer))
+    theirs = ColumnMappedTextInstructionDataset(str(corpus), {"context": "doc", "question": "q", "answer": "a"}, tok)
+    ours = automodel.ColumnMappedTextInstructionDataset(str(tmp_path / "out"), tokenizer=tok, answer_only_loss_mask=True)
+    assert len(ours) == len(theirs) == len(rows)
+    for i in range(len(rows)):
+        assert ours[i] == theirs[i], i
