@@ -58,7 +58,7 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
              f"{'' if len(records) < len(units) else '; every unit is done: prep finalize ' + str(out) + ' writes the manifest'}",
              f"  units     {len(records):,} of {len(units):,} done, {len(units) - len(records):,} pending "
              f"({100 * done / max(1, total):.1f}% of {f'{total / 1e6:,.1f} MB' if what == 'B' else f'{total:,} items'})"]
-    tokens = sum(sum(k.get("tokens", 0) for k in r.get("keys", {}).values()) for r in records.values())
+    tokens = sum(sum(k.get("tokens", 0) for key, k in r.get("keys", {}).items() if key != "loss_mask") for r in records.values())
     lines.append(f"  so far    {sum(r.get('records', 0) for r in records.values()):,} records"
                  + (f", {tokens:,} tokens" if tokens else "")
                  + (f", {sum(sum(r['skipped'].values()) for r in records.values()):,} skipped" if any(r.get("skipped") for r in records.values()) else ""))

@@ -99,6 +99,34 @@ def conversations(case: dict, n: int, seed: int = 0) -> list[dict]:
     return out
 
 
+def as_generated(tok, messages, tools) -> str:
+    """The last turn as the model saw it when generating it: the render before it with the
+    generation prompt, then the turn as the whole render writes it (after its generation prompt)."""
+    prompt = tok.apply_chat_template(messages[:-1], tools=tools, add_generation_prompt=True, tokenize=False)
+    full = tok.apply_chat_template(messages, tools=tools, tokenize=False)
+    if full.startswith(prompt):
+        return full
+    plain = tok.apply_chat_template(messages[:-1], tools=tools, tokenize=False)
+    opening = prompt[len(plain):]
+    # the turn's own text: from the last generation prompt before its reasoning or content
+    first = min(full.rindex(part) for part in (messages[-1].get(k) for k in ("thinking", "reasoning_content", "content")) if part)
+    return prompt + full[full.rindex(opening, 0, first) + len(opening):]
+
+
+def last_turn_mask(tok, text: str, prompt: str, message: dict, end_tokens) -> list[int]:
+    """The tokens of `text` from the end of `prompt` through the first end-of-turn token after the
+    turn's content (HF offsets)."""
+    encoding = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    after = len(prompt)  # past its reasoning, content and tool calls (name, then argument values)
+    parts = [message.get(k) for k in ("thinking", "reasoning_content", "content")]
+    for call in message.get("tool_calls") or ():
+        parts += [call["function"]["name"], *map(str, call["function"]["arguments"].values())]
+    for part in (p.strip() for p in parts if p and p.strip()):
+        after = text.index(part, after) + len(part)
+    end = min(text.index(t, after) + len(t) for t in end_tokens if t in text[after:])
+    return encoding["input_ids"], [int(a < end and len(prompt) < b) for a, b in encoding["offset_mapping"]]
+
+
 def independent_mask(tok, messages, tools, ids, end_tokens) -> list[int]:
     """Each assistant turn trains from where the render of the conversation before it plus the
     generation prompt ends (that render must be a prefix of the whole) through the next end-of-turn

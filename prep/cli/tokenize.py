@@ -37,7 +37,7 @@ class RecipeName(click.ParamType):
               help=" ".join(recipes.get(name).help for name in recipes.names() if recipes.get(name).help)
               + " MODULE:CALLABLE (or FILE.py:CALLABLE): your function mapping a record to a `messages` list (chat) or "
                 "a context/question/answer dict (instruction), or a class with get_context/get_target (completion).")
-@click.option("--chat-template", type=click.Path(dir_okay=False, exists=True), default=None,
+@click.option("--chat-template", type=click.Path(dir_okay=False), default=None,
               help="A .jinja chat template to use instead of the tokenizer's.")
 @click.option("--columns", default=None, help="instruction/completion: role=column pairs, e.g. context=input,question=instruction,answer=output.")
 @click.option("--preset", type=click.Choice(["default", "squad"]), default="default", show_default=True,

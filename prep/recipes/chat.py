@@ -144,5 +144,4 @@ class ChatRecipe(SFTRecipe):
         if not self.options.per_turn:
             return [self.render(record)]
         messages, tools = normalize(as_automodel(record) if self.options.mask_convention == "automodel" else record)  # each turn as when it was generated: the conversation up to it
-        return [self.template.spans(messages[:i + 1], tools, last_only=True)
-                for i, m in enumerate(messages) if m["role"] == "assistant"]
+        return [self.template.turn_as_generated(messages[:i + 1], tools) for i, m in enumerate(messages) if m["role"] == "assistant"]

@@ -69,11 +69,18 @@ class ChatTemplate:
         # (a system turn, reasoning, tools): a refused probe says nothing and never fails the run; the
         # records themselves are refused one by one if the template refuses them.
         # Tool-call arguments: an object (HF's convention) or a JSON string (DeepSeek-V3 concatenates them).
+        # The call must reach the template's tool branch (its name in the render): DeepSeek-V3's renders
+        # tool calls only when the content is null.
         self.string_arguments = False
-        call = [{"role": "user", "content": "U"}, {"role": "assistant", "content": "",
-                 "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]
-        if not self._accepts(call):
-            self.string_arguments = self._accepts([call[0], _with_arguments(call[1], True)])
+        for content in ("", None):
+            call = [{"role": "user", "content": "U"}, {"role": "assistant", "content": content,
+                     "tool_calls": [{"type": "function", "function": {"name": "f\ue007", "arguments": {"a": 1}}}]}]
+            as_object, as_string = self._render_or_none(call), self._render_or_none([call[0], _with_arguments(call[1], True)])
+            if as_object and "f\ue007" in as_object:
+                break
+            if as_string and "f\ue007" in as_string:
+                self.string_arguments = True
+                break
         # Does the template insert assistant content and reasoning verbatim? Then one marked
         # render per record is enough; otherwise every record is also rendered plain to check.
         # Each kind of probe must be answered by one of its shapes (with a system turn or not).
@@ -102,6 +109,8 @@ class ChatTemplate:
         if probe is None:
             reason = str(refusal).removeprefix("the chat template refused it (").removesuffix(")")
             raise self._unusable(f"refuses even a plain user/assistant exchange ({reason})")
+        if OPEN not in probe:
+            raise self._unusable("does not write the assistant's content (nothing to train on)")
         ends = set()
         two_turns = [*exchange[:-1], {"role": "assistant", "content": f"{OPEN}A{CLOSE}"}, {"role": "user", "content": "V"},
                      {"role": "assistant", "content": f"{OPEN}B{CLOSE}"}]
@@ -120,9 +129,9 @@ class ChatTemplate:
         prompt = self._render_or_none(exchange[:-1], generation_prompt=True)
         self.output_gap = prompt is not None and probe.startswith(prompt) and probe.index(OPEN) > len(prompt)
 
-    def _render_or_none(self, messages: list[dict], generation_prompt: bool = False) -> str | None:
+    def _render_or_none(self, messages: list[dict], generation_prompt: bool = False, tools=None) -> str | None:
         try:
-            return self.render(messages, None, generation_prompt=generation_prompt)
+            return self.render(messages, tools, generation_prompt=generation_prompt)
         except BadConversation:
             return None
 
@@ -177,14 +186,51 @@ class ChatTemplate:
             spans = [self._without_reasoning(text, s, messages[i]) for s, i in zip(spans, assistants)]
         else:
             text, spans = self._marked_spans(messages, tools, assistants)
-            if spans is None:
+            if spans is None:  # only the turns trained need their prefix renders
                 text = self.render(messages, tools)
-                spans = self._prefix_spans(messages, tools, text, assistants)
+                spans = self._prefix_spans(messages, tools, text, assistants[-1:] if self.last_turn_only or last_only else assistants)
         if self.last_turn_only or last_only:
             spans, assistants = spans[-1:], assistants[-1:]
         if self.renders_reasoning:
-            self._check_reasoning_kept(text, spans, [messages[i] for i in assistants])
+            self._check_reasoning_kept(messages, tools, assistants)
         return text, [s for s in spans if s[1] > s[0]]
+
+    def turn_as_generated(self, messages: list[dict], tools) -> tuple[str, list[tuple[int, int]]]:
+        """(text, [span]) of the last assistant turn as the model saw it when it generated it: the
+        render of the conversation before it with the generation prompt, then the turn. That is the
+        whole render when the render before it is a prefix of it; a template that rewrites earlier
+        turns once this one exists (gpt-oss drops a tool call's reasoning once its final answer
+        follows) gets that prompt plus the turn as the whole render writes it (after its
+        generation prompt)."""
+        messages = [_with_arguments(m, self.string_arguments) for m in messages]
+        prompt, full = self.render(messages[:-1], tools, generation_prompt=True), self.render(messages, tools)
+        if full.startswith(prompt):
+            return self.spans(messages, tools, last_only=True)
+        plain = self.render(messages[:-1], tools)
+        opening = prompt[len(plain):] if prompt.startswith(plain) else ""
+        at = self._turn_start(messages, tools, full, opening) if opening else -1
+        if at < 0:
+            raise BadConversation("the chat template renders earlier turns differently once this one exists, and this turn "
+                                  "does not start with its generation prompt; it can't be rebuilt as it was generated")
+        text = prompt + full[at + len(opening):]
+        span = (len(prompt), self._end(text, self._after_content(text, len(prompt), messages[-1]), len(text)))
+        return text, [s for s in [self._without_reasoning(text, span, messages[-1])] if s[1] > s[0]]
+
+    def _turn_start(self, messages, tools, full: str, opening: str) -> int:
+        """Where the last turn starts in `full`: the last generation prompt before its reasoning or
+        content (found by a render with those marked; gpt-oss opens several messages in one turn)."""
+        last = dict(messages[-1])
+        if last.get("content"):
+            last["content"] = OPEN + last["content"] + CLOSE
+        for key in REASONING_KEYS:
+            if last.get(key):
+                last[key] = R_OPEN + last[key] + R_CLOSE
+        marked = self._render_or_none([*messages[:-1], last], tools=tools) if last != messages[-1] else None
+        anchors = [marked.find(m) for m in (OPEN, R_OPEN) if marked and m in marked]
+        if not anchors:
+            return full.rfind(opening)
+        at = marked.rfind(opening, 0, min(anchors))
+        return at if at >= 0 and marked[:at] == full[:at] else -1
 
     def _turn_spans(self, messages, tools, assistants):
         """NeMo AutoModel's answer-only mask (formatting_utils._build_multiturn_assistant_mask): each
@@ -204,16 +250,21 @@ class ChatTemplate:
             spans.append(tuple(bounds))
         return text, spans
 
-    def _check_reasoning_kept(self, text: str, spans, trained: list[dict]) -> None:
-        """A trained turn whose reasoning the render left out (Qwen3 drops it from turns before the
-        last user message) would teach the model to answer without it: refused."""
-        start = 0
-        for (_, end), message in zip(spans, trained):
-            reasoning = (message.get("reasoning_content") or "").strip()
-            if reasoning and reasoning not in text[start:end]:
-                raise BadConversation("the chat template drops this turn's reasoning once later turns exist; "
-                                      "pass --per-turn for one sample per assistant turn, rendered as when it was generated")
-            start = end
+    def _check_reasoning_kept(self, messages: list[dict], tools, trained: list[int]) -> None:
+        """A trained turn whose reasoning the render leaves out (Qwen3 and gpt-oss drop it from turns
+        before the last user message) would teach the model to answer without it: refused. Seen in
+        one render with each such turn's reasoning replaced by a marker (the final message's
+        reasoning is always rendered: nothing later can drop it)."""
+        check = [i for i in trained if i != len(messages) - 1 and messages[i].get("reasoning_content")]
+        if not check:
+            return
+        probe = list(messages)
+        for i in check:
+            probe[i] = {**{k: v for k, v in messages[i].items() if k not in REASONING_KEYS}, "reasoning_content": f"\ue005{i}\ue006"}
+        text = self.render(probe, tools)
+        if any(f"\ue005{i}\ue006" not in text for i in check):
+            raise BadConversation("the chat template drops this turn's reasoning once later turns exist; "
+                                  "pass --per-turn for one sample per assistant turn, rendered as when it was generated")
 
     def _end(self, text: str, position: int, limit: int) -> int:
         """The end of the turn whose trained text runs to `position`: just past the first end-of-turn token."""
@@ -269,7 +320,7 @@ class ChatTemplate:
             elif self.output_gap:
                 start = self._output_start(messages, tools, text, assistants[k], start)
             limit = positions[OPEN][k + 1] if k + 1 < len(assistants) else len(text)
-            spans.append((start, self._end(text, end, limit)))
+            spans.append((start, self._end(text, self._after_calls(text, end, messages[assistants[k]]), limit)))
         return text, spans
 
     def _output_start(self, messages, tools, text: str, i: int, start: int) -> int:
@@ -285,7 +336,7 @@ class ChatTemplate:
             prompt = self.render(messages[:i], tools, generation_prompt=True)
             if not text.startswith(prompt):
                 raise BadConversation("the chat template renders earlier turns differently once later turns exist; "
-                                      "assistant spans would be ambiguous")
+                                      "assistant spans would be ambiguous (--per-turn renders each turn as when it was generated)")
             start = len(prompt)
             span = (start, self._end(text, self._after_content(text, start, messages[i]), len(text)))
             spans.append(self._without_reasoning(text, span, messages[i]))
@@ -293,13 +344,26 @@ class ChatTemplate:
 
     @staticmethod
     def _after_content(text: str, start: int, message: dict) -> int:
-        """Where turn `message`, rendered from `start`, has written its reasoning and content: its
-        end-of-turn token comes after that (gpt-oss closes the reasoning with an end token too)."""
+        """Where turn `message`, rendered from `start`, has written its reasoning, content and tool
+        calls: its end-of-turn token comes after that (gpt-oss closes the reasoning with an end
+        token too; an argument may hold an end-of-turn token's text)."""
         position = start
         for part in ((message.get("reasoning_content") or "").strip(), (message.get("content") or "").strip()):
             at = text.find(part, position) if part else -1
             if at >= 0:
                 position = at + len(part)
+        return ChatTemplate._after_calls(text, position, message)
+
+    @staticmethod
+    def _after_calls(text: str, position: int, message: dict) -> int:
+        """Past each tool call's name and argument strings, in order, where the render holds them."""
+        for call in message.get("tool_calls") or ():
+            arguments = call["function"].get("arguments")
+            leaves = [arguments] if isinstance(arguments, str) else _strings(arguments)
+            for part in (call["function"]["name"], *leaves):
+                at = text.find(part, position) if part else -1
+                if at >= 0:
+                    position = at + len(part)
         return position
 
     def _without_reasoning(self, text: str, span: tuple[int, int], message: dict) -> tuple[int, int]:
@@ -326,6 +390,17 @@ _PROBES = [
     [[{"role": "system", "content": " s "}, *_SPACING], _SPACING],
     [_THINKING, [{"role": "system", "content": "s"}, *_THINKING]],
 ]
+
+
+def _strings(value) -> list[str]:
+    """The strings inside a JSON value, in order."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _strip_markers(rendered: str) -> tuple[str, list[tuple[int, str]]]:

@@ -79,12 +79,20 @@ class TokenizeStage(Stage):
         feeds = base or config.recipe  # a user's callable feeds a built-in recipe
         if config.mask_convention != "prep" and (feeds not in ("chat", "instruction", "completion") or config.mask_reasoning):
             raise PrepError("--mask-convention automodel is for --recipe chat (without --mask-reasoning), instruction or completion")
+        if config.per_turn and config.mask_convention != "prep":
+            raise PrepError("--per-turn is prep's convention (AutoModel has no per-turn samples); drop --mask-convention automodel")
         if config.per_turn and feeds != "chat":
             raise PrepError(f"--per-turn is for --recipe chat (one sample per assistant turn), not --recipe {config.recipe}")
         recipe_job = recipe.prepare(config, spec)
         if sft and nanogpt_format and config.pack:
             raise PrepError("--pack is for --format megatron; NanoGPT shards are one token stream (the loaders cut windows from it)")
-        template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
+        template = spec.chat_template
+        if config.chat_template:
+            if not Path(config.chat_template).is_file():
+                raise PrepError(f"--chat-template {config.chat_template}: no such file")
+            template = Path(config.chat_template).read_text()
+            if not template.strip():
+                raise PrepError(f"{config.chat_template}: the chat template file is empty")
         if recipe.needs_template(config) and not template:
             raise PrepError(f"{config.tokenizer}: the tokenizer has no chat template; pass --chat-template FILE.jinja")
         if config.bos is None:  # NanoGPT data starts every document with BOS; Megatron's does not
@@ -167,7 +175,7 @@ class TokenizeStage(Stage):
     def account(self, totals: dict, record: dict) -> int:
         totals["bytes"] += record["bytes"]
         totals["records"] += record["records"]
-        totals["tokens"] += sum(k["tokens"] for k in record["keys"].values())
+        totals["tokens"] += sum(k["tokens"] for key, k in record["keys"].items() if key != "loss_mask")  # a mask is no tokens
         if self.merger is not None:
             self.merger.unit_done(record["unit"]["index"])
         return record["bytes"]

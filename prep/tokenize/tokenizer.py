@@ -25,6 +25,7 @@ import orjson
 
 from prep.errors import PrepError
 from prep.pipeline import durable
+from prep.pipeline.processes import die_with_parent
 
 # Texts that exercise pre-tokenizer corners; the corpus's own first records are added to them.
 PROBE_TEXTS = [
@@ -238,7 +239,7 @@ class ReferenceIds:
         self.args = (spec_json, split_special_tokens, texts)
         self._pool = self._future = None
         if ahead and "fork" in mp.get_all_start_methods():
-            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"))
+            self._pool = ProcessPoolExecutor(1, mp_context=mp.get_context("fork"), initializer=die_with_parent)
             self._future = self._pool.submit(reference_ids, *self.args)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
