@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
 from pathlib import Path
 
 from loaders.formats import latents as fmt
@@ -63,7 +62,7 @@ def finalize(job: dict, timings: dict) -> dict:
     manifest = manifest_mod.build("latents", "automodel", job["fingerprint"], cfg, None, inputs, datasets, stats, timings,
                                   encoders=encoders)
     manifest_mod.write(out, manifest)
-    shutil.rmtree(job["workdir"], ignore_errors=True)
+    wd.remove_workdir(job["workdir"])
     return manifest
 
 

@@ -3,7 +3,6 @@ manifest written last; and the end-of-run summary."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from prep import manifest as manifest_mod, recipes
@@ -71,7 +70,7 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     manifest["config"]["recipe"] = job["recipe"]
     manifest.update(extra_fields)
     manifest_mod.write(out, manifest)
-    shutil.rmtree(workdir, ignore_errors=True)
+    wd.remove_workdir(workdir)
     return manifest
 
 
