@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loaders.manifest import MANIFEST_NAME
 from prep.errors import PrepError
-from prep.pipeline import workdir as wd
+from prep.pipeline import slurm, workdir as wd
 from prep.pipeline.units import task_units
 
 
@@ -44,7 +44,8 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
         if "distinct_documents" in stats:  # retrieval: `documents` counts the queries' rows
             stats = {**stats, "documents": stats["distinct_documents"]}
         counts = "  ".join(f"{k} {stats[k]:,}" for k in ("queries", "documents", "items", "tokens") if isinstance(stats.get(k), int))
-        return [f"{out}: complete ({m['kind']} / {m['format']}), finalized {m['timings'].get('finalized', '?')}", f"  {counts}"]
+        return [f"{out}: complete ({m['kind']} / {m['format']}), finalized {m['timings'].get('finalized', '?')}", f"  {counts}",
+                *slurm.job_states(wd.workdir_of(out) / wd.SLURM)]
     workdir = wd.workdir_of(out)
     if not (workdir / "plan.json").exists() or not (workdir / "job.json").exists():
         raise PrepError(f"{out}: no manifest and no run state here (not a prep output, or a run that had not planned yet)")
@@ -77,4 +78,4 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
             mine = task_units(units, task, tasks)
             finished = sum(1 for u in mine if u.index in records)
             lines.append(f"  task {task}/{tasks}  {finished:,} of {len(mine):,} units done" + ("" if finished < len(mine) else " (finished)"))
-    return lines
+    return lines + slurm.job_states(workdir / wd.SLURM)

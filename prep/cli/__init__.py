@@ -8,6 +8,7 @@ import click
 from prep import __version__
 from prep.cli.errors import StageGroup
 from prep.cli.latents import latents
+from prep.cli.merge import merge
 from prep.cli.pipeline import run, slurm
 from prep.cli.options import CONTEXT
 from prep.cli.tokenize import tokenize
@@ -24,5 +25,5 @@ def main():
     """
 
 
-for command in (tokenize, finalize, verify, inspect, index, status, latents, run, slurm):
+for command in (tokenize, finalize, verify, inspect, index, status, latents, merge, run, slurm):
     main.add_command(command)

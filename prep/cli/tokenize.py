@@ -20,6 +20,10 @@ class RecipeName(click.ParamType):
 
     name = "recipe"
 
+    @property
+    def choices(self) -> list[str]:
+        return recipes.names()
+
     def get_metavar(self, param, ctx=None) -> str:
         return "[" + "|".join(recipes.names()) + "|MODULE:CALLABLE]"
 

@@ -26,8 +26,13 @@ def finalize(output):
               help="Also read every shard through Megatron-Core's IndexedDataset when it is installed.")
 def verify(output, megatron):
     """Check checksums, sizes and counts of a finished output, and read it through the real reader."""
+    from loaders.manifest import ManifestError, load
     from prep.verify import verify as run_verify
 
+    try:
+        load(Path(output))  # not an output at all: a usage error (2), not damage (1)
+    except ManifestError as exc:
+        raise PrepError(str(exc)) from None
     problems = run_verify(Path(output), megatron)
     if problems:
         for problem in problems:

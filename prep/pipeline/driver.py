@@ -94,6 +94,7 @@ def _run_pending(stage: Stage, job: dict, pending: list[Unit], progress: bool, l
             bar.update(stage.account(totals, value))
             done += 1
             faults.after_units_done(done)
+            faults.hold_after_units(done)
             return
         if kind == "progress":
             bar.update(value)

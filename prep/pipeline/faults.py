@@ -34,6 +34,19 @@ def after_units_done(done: int) -> None:
             os.killpg(os.getpgid(0), sig)
 
 
+def hold_after_units(done: int) -> None:
+    """PREP_TEST_HOLD_AFTER_UNITS=N with PREP_TEST_HOLD_TASK=I: Slurm array task I, once N units are
+    committed, writes PREP_TEST_HOLD_FILE and waits there until it is killed (a test scancels it
+    at that moment: a task cancelled while it holds units)."""
+    if _get("HOLD_AFTER_UNITS") != str(done):
+        return
+    task = int(os.environ.get("PREP_TASK_OFFSET", "0")) + int(os.environ.get("SLURM_ARRAY_TASK_ID", "-1"))
+    if _get("HOLD_TASK") == str(task):
+        with open(_get("HOLD_FILE"), "w") as f:
+            f.write(f"{os.getpid()}\n")
+        signal.pause()
+
+
 def crash_in_finalize() -> None:
     """PREP_TEST_CRASH_IN_FINALIZE: die after the shards are written, before the manifest."""
     if _get("CRASH_IN_FINALIZE"):

@@ -21,6 +21,7 @@ from pathlib import Path
 from prep.errors import PrepError
 
 DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default MaxArraySize
+JOBS = "jobs.json"  # what --submit submitted, for `prep status`
 
 
 @dataclass
@@ -130,4 +131,49 @@ def submit(jobs: list[Job], echo) -> list[str]:
             raise PrepError(f"sbatch {job.script} failed ({reason}); submitted so far: {', '.join(ids) or 'none'}")
         ids.append(result.stdout.strip().split(";")[0])
         echo(f"{job.name}: {ids[-1]}" + (f" (array {job.array[0]}..{sum(job.array) - 1})" if job.array else ""))
+    _record(jobs, ids)
     return ids
+
+
+def _record(jobs: list[Job], ids: list[str]) -> None:
+    """Each stage folder's submitted jobs (`prep status` asks squeue / sacct about them)."""
+    import json
+
+    from prep.pipeline import durable
+
+    folders: dict[Path, list] = {}
+    for job, job_id in zip(jobs, ids):
+        folders.setdefault(job.script.parent, []).append({"name": job.name, "id": job_id, "array": job.array})
+    for folder, entries in folders.items():
+        durable.write_bytes(folder / JOBS, json.dumps(entries, indent=1).encode())
+
+
+def job_states(folder: Path) -> list[str]:
+    """Lines on the jobs `prep slurm --submit` recorded in `folder`: each job's (and array
+    task's) state from squeue while queued, else from sacct where accounting is on."""
+    import json
+    from collections import Counter
+
+    try:
+        entries = json.loads((folder / JOBS).read_text())
+    except (OSError, ValueError):
+        return []
+    ids = [e["id"] for e in entries]
+    states: dict[str, Counter] = {i: Counter() for i in ids}
+    for command in (["squeue", "-h", "-r", "-j", ",".join(ids), "-o", "%i %T"],
+                    ["sacct", "-n", "-X", "-P", "-j", ",".join(ids), "-o", "JobID,State"]):
+        try:
+            shown = subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        for line in shown.splitlines():
+            job, _, state = line.replace("|", " ").partition(" ")
+            base = job.split("_")[0]
+            if base in states and state and not (command[0] == "sacct" and states[base]):
+                states[base][state.split()[0]] += 1
+    lines = []
+    for entry in entries:
+        found = states[entry["id"]]
+        said = ", ".join(f"{n} {s}" if entry["array"] else s for s, n in sorted(found.items())) or "not in squeue or sacct (finished?)"
+        lines.append(f"  slurm     {entry['name']} {entry['id']}: {said}")
+    return lines

@@ -9,6 +9,7 @@ import orjson
 
 from prep.recipes.base import register
 from prep.recipes.sft import SFTRecipe
+from prep.recipes.template_turns import turn_as_generated
 from prep.recipes.templates import REASONING_KEYS, BadConversation
 
 ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -144,4 +145,4 @@ class ChatRecipe(SFTRecipe):
         if not self.options.per_turn:
             return [self.render(record)]
         messages, tools = normalize(as_automodel(record) if self.options.mask_convention == "automodel" else record)  # each turn as when it was generated: the conversation up to it
-        return [self.template.turn_as_generated(messages[:i + 1], tools) for i, m in enumerate(messages) if m["role"] == "assistant"]
+        return [turn_as_generated(self.template, messages[:i + 1], tools) for i, m in enumerate(messages) if m["role"] == "assistant"]

@@ -140,15 +140,17 @@ def _shard_bounds(document_index: np.ndarray, token_ends: np.ndarray, shard_toke
     return bounds
 
 
-def _copy_tokens(parts: list[Path], part_tokens: np.ndarray, start: int, stop: int, itemsize: int, out, hasher) -> None:
-    """Copy global token range [start, stop) from the unit parts, in order, into `out`."""
+def _copy_tokens(parts: list[Path], part_tokens: np.ndarray, start: int, stop: int, itemsize: int, out, hasher,
+                 skip: int = 0) -> None:
+    """Copy global token range [start, stop) from the unit parts, in order, into `out` (each part's
+    tokens after `skip` header bytes: prep merge reads NanoGPT shards as parts)."""
     part_starts = np.concatenate([[0], np.cumsum(part_tokens)])
     for i, path in enumerate(parts):
         lo, hi = max(start, part_starts[i]), min(stop, part_starts[i + 1])
         if lo >= hi:
             continue
         with open(path, "rb") as f:
-            f.seek(int(lo - part_starts[i]) * itemsize)
+            f.seek(skip + int(lo - part_starts[i]) * itemsize)
             remaining = int(hi - lo) * itemsize
             while remaining:
                 block = f.read(min(COPY_BLOCK, remaining))

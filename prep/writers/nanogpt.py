@@ -22,7 +22,7 @@ def shard_name(key: str, number: int) -> str:
 
 
 def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
-                 bos_id: int | None, legacy: bool, mask_key: str | None = None) -> dict:
+                 bos_id: int | None, legacy: bool, mask_key: str | None = None, part_header: int = 0) -> dict:
     """Write the shards of `key` (and with `mask_key`, each shard's mask sidecar from that key's
     parts); returns the manifest entry for this dataset."""
     dtype = np.dtype(dtype)
@@ -45,7 +45,7 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
             f.write(block)
             hasher.update(block)
             _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, start, stop, dtype.itemsize,
-                         _BosScanner(f, dtype, bos_id, bos_positions), hasher)
+                         _BosScanner(f, dtype, bos_id, bos_positions), hasher, part_header)
 
         bin_bytes, bin_hash = _write_atomic(out / f"{name}.bin", write_bin)
         entry = {"path": f"{name}.bin", "tokens": stop - start, "bin": {"path": f"{name}.bin", "bytes": bin_bytes, "xxh3_128": bin_hash}}

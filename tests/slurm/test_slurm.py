@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,70 @@ def test_array_job_and_dependent_finalize_give_the_same_bytes(tmp_path, corpus):
     assert (out / "manifest.json").exists(), logs
     assert all("prep finalize" in logs[f"task-{i}.log"] for i in range(3)), logs  # each task ran its slice only
     assert read_bytes(out) == read_bytes(tmp_path / "local")
+
+
+def _wait_for_queue_to_empty(jobs: list[str], seconds: float = 300) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not subprocess.run(["squeue", "-h", "-j", ",".join(jobs)], capture_output=True, text=True).stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError(f"jobs {jobs} still queued after {seconds}s")
+
+
+def _ids(submitted: str) -> list[str]:
+    return [line.split(": ")[1].split()[0] for line in submitted.splitlines() if line.startswith("prep-")]
+
+
+def _pipeline(tmp_path, corpus, folder: str, index: bool = True):
+    import yaml
+
+    stages = [{"tokenize": {"inputs": [str(corpus)], "output": folder, "tokenizer": str(TOKENIZERS / "gpt2"), "unit-size": "64k"}}]
+    if index:
+        stages.append({"index": {"outputs": [folder], "seq-length": 64, "split": "99,1,0"}})
+    path = tmp_path / f"{Path(folder).name}.yaml"
+    path.write_text(yaml.safe_dump({"slurm": {"cpus-per-task": 1, "tasks": 4}, "stages": stages}))
+    return path
+
+
+def test_prep_slurm_submit_gives_prep_runs_bytes_and_runs_stages_in_order(tmp_path, corpus):
+    prep("run", _pipeline(tmp_path, corpus, str(tmp_path / "local")))
+    submitted = prep("slurm", _pipeline(tmp_path, corpus, str(tmp_path / "slurm")), "--submit").stdout
+    ids = _ids(submitted)
+    assert len(ids) == 3, submitted  # array, finalize, index
+    _wait_for_queue_to_empty(ids)
+    logs = tmp_path / "slurm" / ".prep" / "slurm" / "logs"
+    assert (tmp_path / "slurm" / "manifest.json").exists(), {p.name: p.read_text() for p in logs.glob("*.log")}
+    assert read_bytes(tmp_path / "slurm") == read_bytes(tmp_path / "local")
+    assert len(list(logs.glob("prep-01-tokenize-*_*.log"))) == 4  # one log a task
+    shown = prep("status", tmp_path / "slurm").stdout  # the jobs --submit recorded, as squeue / sacct see them now
+    assert f"slurm     prep-01-tokenize {ids[0]}: " in shown and f"prep-01-tokenize-finalize {ids[1]}: " in shown, shown
+    index_log = next(logs.glob("prep-02-index-*.log")).read_text()
+    assert "error" not in index_log.lower() and list((tmp_path / "slurm").glob("**/*document_index*.npy"))
+
+
+def test_a_task_cancelled_while_it_holds_units_and_resubmitted_gives_the_same_bytes(tmp_path, corpus):
+    prep("tokenize", corpus, "-o", tmp_path / "local", "--tokenizer", TOKENIZERS / "gpt2")
+    pipeline = _pipeline(tmp_path, corpus, str(tmp_path / "slurm"), index=False)
+    held = tmp_path / "held"
+    hold = {"PREP_TEST_HOLD_AFTER_UNITS": "1", "PREP_TEST_HOLD_TASK": "1", "PREP_TEST_HOLD_FILE": str(held)}
+    ids = _ids(prep("slurm", pipeline, "--submit", env=hold).stdout)
+    array, final = ids
+    deadline = time.time() + 240
+    while not held.exists() and time.time() < deadline:  # task 1 has committed a unit and waits there
+        time.sleep(0.5)
+    assert held.exists()
+    subprocess.run(["scancel", f"{array}_1"], check=True)
+    deadline = time.time() + 240  # the other tasks finish; the finalize can never start now
+    while time.time() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-j", array], capture_output=True, text=True).stdout
+        if not queue.strip():
+            break
+        time.sleep(1)
+    subprocess.run(["scancel", final], check=False)
+    assert not (tmp_path / "slurm" / "manifest.json").exists()
+    done_before = len(list((tmp_path / "slurm" / ".prep" / "done").glob("*.json")))
+    ids = _ids(prep("slurm", pipeline, "--submit").stdout)  # the same command again: tasks skip what they committed
+    _wait_for_queue_to_empty(ids)
+    assert done_before > 0 and (tmp_path / "slurm" / "manifest.json").exists()
+    assert read_bytes(tmp_path / "slurm") == read_bytes(tmp_path / "local")
