@@ -43,13 +43,20 @@ def verify(output, megatron):
 
 @click.command(context_settings=CONTEXT, cls=StageCommand)
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
-def inspect(output):
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default=None,
+              help="Also draw the length histogram (packing efficiency for packed SFT, bucket occupancy for a latent "
+                   "cache) into this PNG (needs matplotlib: pip install 'prep[plot]').")
+def inspect(output, plot_file):
     """Statistics of a finished output, and the Megatron --data-path string for it."""
     from loaders.manifest import ManifestError
     from prep.verify import describe
 
     try:
         click.echo(describe(Path(output)))
+        if plot_file:
+            from prep.plot import plot
+
+            click.echo(f"plot {plot(Path(output), Path(plot_file))}")
     except ManifestError as exc:
         raise PrepError(str(exc)) from None
 

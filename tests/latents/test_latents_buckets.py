@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 
+from helpers import prep
 from loaders.formats.latents import PRESETS
 from prep.latents.buckets import bucket_table, cover_crop, nearest_bucket
 
@@ -36,3 +37,9 @@ def test_cover_crop_covers_and_centres():
         nw, nh, left, top = cover_crop(w, h, tw, th)
         assert nw >= tw and nh >= th and (nw == tw or nh == th or abs(nw / nh - w / h) < 0.01)
         assert left == (nw - tw) // 2 and top == (nh - th) // 2
+
+
+def test_a_latent_cache_plots_its_bucket_occupancy(flux_cache, tmp_path):
+    result = prep("inspect", flux_cache, "--plot", tmp_path / "buckets.png")
+    assert f"plot {tmp_path / 'buckets.png'}: bucket occupancy" in result.stdout
+    assert (tmp_path / "buckets.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
