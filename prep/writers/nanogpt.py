@@ -44,8 +44,8 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
             block = nanogpt.header(stop - start, dtype, legacy)
             f.write(block)
             hasher.update(block)
-            _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, start, stop, dtype.itemsize,
-                         _BosScanner(f, dtype, bos_id, bos_positions), hasher, part_header)
+            _copy_tokens([Path(f"{s}.bin") for s in stems], part_tokens, start, stop, dtype.itemsize, f, hasher, part_header,
+                         _BosScanner(dtype, bos_id, bos_positions).observe)
 
         bin_bytes, bin_hash = _write_atomic(out / f"{name}.bin", write_bin)
         entry = {"path": f"{name}.bin", "tokens": stop - start, "bin": {"path": f"{name}.bin", "bytes": bin_bytes, "xxh3_128": bin_hash}}
@@ -65,14 +65,13 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
 
 
 class _BosScanner:
-    """A file wrapper that records the token index of every BOS in the blocks written through it."""
+    """Records the token index of every BOS in the blocks of a shard it is shown, in order."""
 
-    def __init__(self, file, dtype: np.dtype, bos_id: int | None, positions: list):
-        self.file, self.dtype, self.bos_id, self.positions, self.written = file, dtype, bos_id, positions, 0
+    def __init__(self, dtype: np.dtype, bos_id: int | None, positions: list):
+        self.dtype, self.bos_id, self.positions, self.seen = dtype, bos_id, positions, 0
 
-    def write(self, block: bytes) -> None:
-        self.file.write(block)
+    def observe(self, block: bytes) -> None:
         if self.bos_id is not None:
             tokens = np.frombuffer(block, self.dtype.newbyteorder("<"))
-            self.positions.append(np.flatnonzero(tokens == self.bos_id) + self.written)
-        self.written += len(block) // self.dtype.itemsize
+            self.positions.append(np.flatnonzero(tokens == self.bos_id) + self.seen)
+        self.seen += len(block) // self.dtype.itemsize
