@@ -7,6 +7,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import socket
 from pathlib import Path
 
 from loaders.manifest import MANIFEST_NAME
@@ -28,6 +29,18 @@ def _held(workdir: Path) -> bool:
         return True
     finally:
         os.close(fd)
+
+
+def _alive(pid) -> bool:
+    """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(int(pid), 0)
+    except (OSError, TypeError, ValueError):
+        return False
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _duration(seconds: float) -> str:
@@ -53,11 +66,15 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
     records = {u.index: r for u in units if (r := wd.load_done(workdir, u, job["fingerprint"])) is not None}
     done_units = [u for u in units if u.index in records]
     running = _held(workdir)
+    claimed = {u.index: c for u in units if (c := wd.claims(workdir).get(u.id)) is not None and u.index not in records}
+    here = socket.gethostname()
+    live = {i for i, c in claimed.items() if c.get("host") != here or _alive(c.get("pid"))}  # other hosts: as they say
     total, done = sum(u.size for u in units), sum(u.size for u in done_units)
     what = "items" if job.get("kind") == "latents" else "B"
     lines = [f"{out}: {'running' if running else 'stopped: rerun the same command (or the array task) to resume'}"
              f"{'' if len(records) < len(units) else '; every unit is done: prep finalize ' + str(out) + ' writes the manifest'}",
-             f"  units     {len(records):,} of {len(units):,} done, {len(units) - len(records):,} pending "
+             f"  units     {len(records):,} of {len(units):,} done, {len(live):,} in progress, "
+             f"{len(units) - len(records) - len(live):,} pending "
              f"({100 * done / max(1, total):.1f}% of {f'{total / 1e6:,.1f} MB' if what == 'B' else f'{total:,} items'})"]
     tokens = sum(sum(k.get("tokens", 0) for key, k in r.get("keys", {}).items() if key != "loss_mask") for r in records.values())
     lines.append(f"  so far    {sum(r.get('records', 0) for r in records.values()):,} records"
@@ -77,5 +94,7 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
         for task in range(tasks):
             mine = task_units(units, task, tasks)
             finished = sum(1 for u in mine if u.index in records)
-            lines.append(f"  task {task}/{tasks}  {finished:,} of {len(mine):,} units done" + ("" if finished < len(mine) else " (finished)"))
+            busy = [u.index for u in mine if u.index in live]
+            lines.append(f"  task {task}/{tasks}  {finished:,} of {len(mine):,} units done"
+                         + (f", unit {busy[0]} in progress" if busy else "") + ("" if finished < len(mine) else " (finished)"))
     return lines + slurm.job_states(workdir / wd.SLURM)

@@ -15,6 +15,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from prep.errors import PrepError
@@ -143,6 +144,33 @@ def remove_workdir(workdir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+RUNNING = "running"  # a unit's claim while a process works on it (prep status: in progress)
+
+
+def claim_unit(workdir: Path, unit: Unit) -> None:
+    """Say this process works on `unit` now (host and pid; not durable: only prep status reads it)."""
+    import socket
+
+    folder = Path(workdir) / RUNNING
+    folder.mkdir(exist_ok=True)
+    (folder / f"{unit.id}.json").write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}))
+
+
+def release_unit(workdir: Path, unit: Unit) -> None:
+    (Path(workdir) / RUNNING / f"{unit.id}.json").unlink(missing_ok=True)
+
+
+def claims(workdir: Path) -> dict[str, dict]:
+    """unit id -> its claim, for the units some process started and has not finished or released."""
+    found = {}
+    for path in (Path(workdir) / RUNNING).glob("*.json") if (Path(workdir) / RUNNING).is_dir() else ():
+        try:
+            found[path.stem] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def done_path(workdir: Path, unit: Unit) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prep import recipes, sources
 from prep.errors import BadRecord, Rejects
-from prep.pipeline import faults
+from prep.pipeline import faults, workdir as wd
 from prep.pipeline.units import Unit
 from prep.pipeline.workdir import write_done
 from prep.tokenize.tokenizer import Encoder
@@ -46,8 +46,12 @@ def open_worker(job: dict, slot, child: bool) -> "Worker":
 
 class Worker:
     def run(self, units, report) -> None:
+        workdir = _STATE["workdir"]
         for unit in units:
-            report("done", run_unit(unit))
+            wd.claim_unit(workdir, unit)  # prep status: in progress
+            record = run_unit(unit)
+            wd.release_unit(workdir, unit)
+            report("done", record)
 
     def close(self) -> None:
         pass

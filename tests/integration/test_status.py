@@ -22,6 +22,23 @@ def test_status_after_a_kill_and_when_complete(tmp_path, corpus):
     per_task = [tuple(map(int, re.search(r"(\d+) of (\d+) units", line).groups())) for line in lines if "task " in line]
     assert len(per_task) == 2 and sum(d for d, _ in per_task) == done and sum(n for _, n in per_task) == total
 
+    # units in progress: a claim by a live process counts; the killed run's claims (dead pids) do not
+    import json
+    import socket
+
+    assert re.search(r"done, 0 in progress", lines[1])
+    plan = json.loads((tmp_path / "out" / ".prep" / "plan.json").read_text())
+    done_ids = {p.stem for p in (tmp_path / "out" / ".prep" / "done").glob("*.json")}
+    from prep.pipeline.units import Unit
+
+    pending = [u for u in (Unit.from_json(x) for x in plan["units"]) if u.id not in done_ids]
+    (tmp_path / "out" / ".prep" / "running").mkdir(exist_ok=True)
+    (tmp_path / "out" / ".prep" / "running" / f"{pending[0].id}.json").write_text(
+        json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": 0}))
+    lines = prep("status", tmp_path / "out", "--tasks", "2").stdout.splitlines()
+    assert f"done, 1 in progress, {total - done - 1} pending" in lines[1]
+    assert sum(f"unit {pending[0].index} in progress" in line for line in lines) == 1
+
     prep(*args)
     lines = prep("status", tmp_path / "out").stdout.splitlines()
     assert "complete (tokens / megatron)" in lines[0] and "documents 3,000" in lines[1]
