@@ -24,7 +24,11 @@ def finalize(output):
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
 @click.option("--megatron/--no-megatron", default=True, show_default=True,
               help="Also read every shard through Megatron-Core's IndexedDataset when it is installed.")
-def verify(output, megatron):
+@click.option("--resample", type=click.IntRange(min=1), default=None,
+              help="Also re-tokenize a seeded sample of N source records (HF tokenizers, the output's recipe and options) "
+                   "and compare their ids and masks with the output's.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --resample sample.")
+def verify(output, megatron, resample, seed):
     """Check checksums, sizes and counts of a finished output, and read it through the real reader."""
     from loaders.manifest import ManifestError, load
     from prep.verify import verify as run_verify
@@ -34,6 +38,13 @@ def verify(output, megatron):
     except ManifestError as exc:
         raise PrepError(str(exc)) from None
     problems = run_verify(Path(output), megatron)
+    if resample and not problems:
+        from prep.resample import resample as run_resample
+
+        compared, found = run_resample(Path(output), resample, seed)
+        problems += found
+        if not found:
+            click.echo(f"{output}: {compared:,} resampled record(s) tokenize to the stored ids and masks")
     if problems:
         for problem in problems:
             click.echo(f"FAIL {problem}", err=True)
