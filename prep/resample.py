@@ -57,8 +57,8 @@ def _recipe(m: dict):
     return recipe(job, spec.json), Encoder(spec.json, "hf", config.split_special_tokens)
 
 
-def resample(out: Path, n: int, seed: int = 0) -> tuple[int, list[str]]:
-    """(records compared, problems)."""
+def resample(out: Path, n: int, seed: int = 0) -> tuple[int, list[str], dict]:
+    """(records compared, problems, chat outputs' mask coverage by role: role -> [trained, tokens])."""
     m = load(out)
     c, stats = m["config"], m["stats"]
     if m["kind"] != "tokens" or m["format"] != "megatron" or "retrieval" in m:
@@ -73,7 +73,7 @@ def resample(out: Path, n: int, seed: int = 0) -> tuple[int, list[str]]:
     datasets = {key: [IndexedDataset(root / s["prefix"]) for s in d["shards"]] for key, d in m["datasets"].items()}
     total = stats["documents"]
     picks = set(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False).tolist())
-    problems, index, compared = [], 0, 0
+    problems, index, compared, coverage = [], 0, 0, {}
     for entry in m["inputs"]:
         path, count = entry["path"], entry["records"]
         if not any(index <= p < index + count for p in picks):
@@ -84,8 +84,38 @@ def resample(out: Path, n: int, seed: int = 0) -> tuple[int, list[str]]:
                 if index in picks:
                     problems += _compare(recipe, encoder, record, locate(j), path, index, datasets)
                     compared += 1
+                    if c["recipe"] == "chat":
+                        _coverage(recipe, encoder, record, coverage)
                 index += 1
-    return compared, problems
+    return compared, problems, coverage
+
+
+def _coverage(recipe, encoder, record: dict, coverage: dict) -> None:
+    """Add this record's content tokens, and how many are trained, by the role of their message
+    (found in the render on their own, apart from the mask: a user turn trained shows here)."""
+    from prep.recipes.chat import normalize
+    from prep.recipes.templates import BadConversation
+
+    try:
+        text, spans = recipe.render(record)
+        messages, _ = normalize(record)
+    except BadConversation:
+        return
+    ids, _ = encoder.encode([text])
+    mask = recipe.mask(text, spans, ids)
+    starts, ends, raw = recipe.offsets(text, ids)
+    position = 0
+    for message in messages:
+        content = (message.get("content") or "").strip()
+        at = text.find(content, position) if content else -1
+        if at < 0:
+            continue
+        lo, hi = (len(text[:at].encode()), len(text[:at + len(content)].encode())) if raw is not None else (at, at + len(content))
+        inside = (ends > lo) & (starts < hi)
+        counts = coverage.setdefault(message["role"], [0, 0])
+        counts[0] += int(mask[inside].sum())
+        counts[1] += int(inside.sum())
+        position = at + len(content)
 
 
 def _document(shards: list[IndexedDataset], d: int) -> np.ndarray:

@@ -41,10 +41,13 @@ def verify(output, megatron, resample, seed):
     if resample and not problems:
         from prep.resample import resample as run_resample
 
-        compared, found = run_resample(Path(output), resample, seed)
+        compared, found, coverage = run_resample(Path(output), resample, seed)
         problems += found
         if not found:
             click.echo(f"{output}: {compared:,} resampled record(s) tokenize to the stored ids and masks")
+        if coverage:
+            click.echo("mask coverage by role (content tokens trained): " + ", ".join(
+                f"{role} {100 * trained / max(1, total):.1f}% of {total:,}" for role, (trained, total) in sorted(coverage.items())))
     if problems:
         for problem in problems:
             click.echo(f"FAIL {problem}", err=True)

@@ -4,6 +4,7 @@ bug would write it, checksums updated) is named by file:line and document; outpu
 documents are not their records one for one are refused in one line."""
 
 import json
+import re
 
 import numpy as np
 
@@ -21,7 +22,10 @@ def test_text_and_chat_outputs_resample_clean(tmp_path):
     assert "200 resampled record(s) tokenize to the stored ids and masks" in result.stdout
     chats = write_jsonl(tmp_path / "c.jsonl", conversations({"system": True}, 30))
     prep("tokenize", chats, "-o", tmp_path / "chat", "--recipe", "chat", "--tokenizer", TEMPLATES["smollm2"])
-    assert "12 resampled record(s)" in prep("verify", tmp_path / "chat", "--resample", "12", "--seed", "3").stdout
+    shown = prep("verify", tmp_path / "chat", "--resample", "12", "--seed", "3").stdout
+    assert "12 resampled record(s)" in shown
+    coverage = dict(re.findall(r"(\w+) ([\d.]+)% of", shown.split("mask coverage by role")[1]))
+    assert coverage["assistant"] == "100.0" and coverage["user"] == "0.0" and coverage["system"] == "0.0", shown
 
 
 def test_a_stored_token_that_differs_is_named(tmp_path):
