@@ -40,6 +40,7 @@ def _recipe(m: dict):
     c = m["config"]
     fields = {f.name for f in dataclasses.fields(TokenizeConfig)}
     config = TokenizeConfig(**{k: v for k, v in c.items() if k in fields})
+    config.tokenizer = m["tokenizer"].get("source") or config.tokenizer  # resolved when it ran: from any folder now
     spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
     recipe = recipes.get(config.recipe)
     sft = recipe.loss_mask
