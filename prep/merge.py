@@ -24,7 +24,7 @@ from loaders.formats import indexed, nanogpt
 from prep import manifest as writing
 from prep.errors import PrepError
 from prep.pipeline import durable
-from prep.writers import megatron, nanogpt as nanogpt_writer
+from prep.writers import megatron_stream, nanogpt as nanogpt_writer
 
 SAME = (("tokenizer.sha256", "tokenizer"), ("tokenizer.dtype", "token dtype"), ("format", "format"),
         ("config.recipe", "recipe"), ("config.eod", "EOD setting (--eod)"), ("config.bos", "BOS setting (--bos)"),
@@ -130,7 +130,7 @@ def merge(inputs: list[str], output: str, overwrite: bool = False) -> dict:
             entry["documents"] = sum(m["datasets"][key]["documents"] for m in manifests)
             entry["length_histogram"] = _histogram_sum([m["datasets"][key]["length_histogram"] for m in manifests])
         else:
-            entry = megatron.finalize_key(work, out, units, key, dtype, shard_tokens)
+            entry = megatron_stream.finalize_key(work, out, units, key, dtype, shard_tokens)
         datasets[key] = entry
     stats = _stats(manifests, datasets, keys)
     fingerprint = hashlib.sha256("merge:".join(m["fingerprint"] for m in manifests).encode()).hexdigest()[:32]

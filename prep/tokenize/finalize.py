@@ -10,7 +10,7 @@ from prep.errors import PrepError
 from prep.pipeline import faults, workdir as wd
 from prep.pipeline.units import Unit
 from prep.tokenize.pack import plan_packs
-from prep.writers import megatron
+from prep.writers import megatron, megatron_stream
 from prep.writers import nanogpt as nanogpt_writer
 
 
@@ -41,8 +41,10 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
         if job["config"].get("pack"):
             lengths = megatron.part_lengths(workdir, units, job["keys"][0])
             packs = plan_packs(lengths, job["config"]["pack"], job["config"]["pack_window"], job["config"]["seed"])
-        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens, packs,
-                                               (merged or {}).get(key))
+        datasets = {key: megatron.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens, packs)
+                    if packs is not None else  # a pack plan orders sequences across the dataset: in memory
+                    megatron_stream.finalize_key(workdir, out, units, key, job["dtypes"].get(key, job["dtype"]), shard_tokens,
+                                                 (merged or {}).get(key))  # memory flat in the dataset's size
                     for key in job["keys"]}
         if packs is not None:
             first = datasets[job["keys"][0]]
