@@ -4,8 +4,9 @@ Like Megatron-LM's tools/merge_datasets.py, but the result is the output one run
 inputs would have written: each input shard becomes a part (its `.bin` linked, its index read into
 the part's sequence lengths) and the finalize merge of prep.writers runs over them in the order
 given, so the bytes equal `prep tokenize` over A's inputs then B's (a run sorts its inputs by
-path: give A B in that order), with the same shard size. Streams token bytes; holds one int32
-per sequence in memory, as finalize does. Megatron and NanoGPT outputs; not packed SFT outputs
+path: give A B in that order), with the same shard size. Streams token bytes and indexes a shard
+at a time (prep.writers.megatron_stream): memory flat in the size. Megatron and NanoGPT outputs
+(NanoGPT's sequence lengths are one a shard); not packed SFT outputs
 (packing is global to a run), retrieval tables or latent caches.
 """
 
