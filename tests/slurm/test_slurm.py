@@ -2,6 +2,7 @@
 job, give the same bytes as one local run. .ci/run installs and starts Slurm (../shared/tools/slurm-local.sh)."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,9 @@ def test_a_task_cancelled_while_it_holds_units_and_resubmitted_gives_the_same_by
     while not held.exists() and time.time() < deadline:  # task 1 has committed a unit and waits there
         time.sleep(0.5)
     assert held.exists()
+    shown = prep("status", tmp_path / "slurm", "--tasks", "4").stdout.splitlines()  # while the array runs
+    assert shown[0].endswith(": running") and re.search(r"task 1/4\s+[1-9]\d* of \d+ units done", "\n".join(shown)), shown
+    assert any(line.startswith(f"  slurm     prep-01-tokenize {array}: ") and "RUNNING" in line for line in shown), shown
     subprocess.run(["scancel", f"{array}_1"], check=True)
     deadline = time.time() + 240  # the other tasks finish; the finalize can never start now
     while time.time() < deadline:
