@@ -5,7 +5,8 @@
 Synthesizes `--parts` unit parts (uint16 tokens, documents of random lengths) totalling `--gb`
 GB, then times, each followed by a sync so that every byte is on disk:
   - cp:       `cp` of the part files into another folder (the reference);
-  - finalize: prep.writers.megatron.finalize_key merging the parts into one .bin/.idx;
+  - finalize: prep.writers.megatron_stream.finalize_key (what a tokenize run of unpacked data uses)
+              merging the parts into one .bin/.idx;
   - merge:    prep merge of `--outputs` finished outputs (made from the same parts) into one.
 Prints GB/s of each and its ratio to cp (target: at least 0.8x).
 """
@@ -60,10 +61,10 @@ def _timed(label: str, work, size: int, reference: float | None = None) -> float
 def _output(folder: Path, work: Path, units: list, tokens: int) -> None:
     """A finished Megatron output of these parts, with the manifest prep merge reads."""
     from prep import manifest as writing
-    from prep.writers import megatron
+    from prep.writers import megatron_stream
 
     folder.mkdir()
-    entry = megatron.finalize_key(work, folder, units, "text", np.uint16, None)
+    entry = megatron_stream.finalize_key(work, folder, units, "text", np.uint16, None)
     config = {"recipe": "text", "eod": True, "bos": False, "shard_tokens": None, "nanogpt_header": "current", "pack": None}
     tokenizer = {"sha256": "bench", "dtype": "uint16", "bos_id": None, "source": "bench", "vocab_size": 50257}
     stats = {"documents": entry["documents"], "tokens": entry["tokens"], "empty_documents": 0, "skipped": {}, "skipped_total": 0,
@@ -82,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from prep.merge import merge
-    from prep.writers import megatron
+    from prep.writers import megatron_stream
 
     root = Path(tempfile.mkdtemp(prefix="prep-bench-merge-", dir=args.dir))
     try:
@@ -98,7 +99,7 @@ def main() -> None:
         cp = _timed("cp of the part files", lambda: subprocess.run(["cp", *files, str(root / "copy")], check=True), size)
         shutil.rmtree(root / "copy")
         (root / "final").mkdir()
-        _timed("finalize (one .bin/.idx)", lambda: megatron.finalize_key(work, root / "final", units, "text", np.uint16, None), size, cp)
+        _timed("finalize (one .bin/.idx)", lambda: megatron_stream.finalize_key(work, root / "final", units, "text", np.uint16, None), size, cp)
         shutil.rmtree(root / "final")
         per = -(-args.parts // args.outputs)
         for k in range(args.outputs):

@@ -56,11 +56,8 @@ def package(ids: np.ndarray, mask: np.ndarray, pad: int | None, eos: int | None,
             end -= 1
         content = min(end + 1, content) if pad == eos else end
     if unshifted:
-        out_ids, loss = ids, [int(bool(m)) for m in mask]
-        if seq_length and padding == "max_length" and len(out_ids) < seq_length:
-            out_ids, loss = out_ids + [pad] * (seq_length - len(out_ids)), loss + [0] * (seq_length - len(loss))
-        attention = [1] * content + [0] * (len(out_ids) - content)
-        return {"input_ids": out_ids, "loss_mask": loss, "attention_mask": attention,
+        attention = [1] * content + [0] * (len(ids) - content)
+        return {"input_ids": ids, "loss_mask": [int(bool(m)) for m in mask], "attention_mask": attention,
                 "___PAD_TOKEN_IDS___": {"input_ids": pad, "loss_mask": 0, "attention_mask": 0}}
     labels = [t if m else IGNORE for t, m in zip(ids[1:], mask[1:])]
     inputs = ids[:-1]

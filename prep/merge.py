@@ -69,10 +69,9 @@ def _parts_of(m: dict, key: str, parts: Path, start: int) -> int:
     for shard in m["datasets"][key]["shards"]:
         stem = parts / f"{start:06d}.{key}"
         if m["format"] == "nanogpt":
-            tokens = nanogpt.read_shard(root / shard["path"])
             _link(root / shard["path"], Path(f"{stem}.bin"))  # read after its header (finalize_key's part_header)
-            lengths, documents = np.array([len(tokens)], np.int32), np.ones(1, np.int32)
-            if (root / shard["path"]).with_suffix(".mask").exists():
+            lengths, documents = np.array([shard["tokens"]], np.int32), np.ones(1, np.int32)
+            if "mask" in shard:
                 _link(root / shard["mask"]["path"], parts / f"{start:06d}.loss_mask.bin")
                 with open(parts / f"{start:06d}.loss_mask.seq.npy", "wb") as f:
                     np.save(f, lengths)

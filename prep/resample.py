@@ -35,6 +35,7 @@ class _Collect:
 
 def _recipe(m: dict):
     from prep.tokenize.config import TokenizeConfig, tokenize_fingerprint
+    from prep.tokenize.stage import chat_template_of, encoding_job
     from prep.tokenize.tokenizer import Encoder, load_spec
 
     c = m["config"]
@@ -44,17 +45,14 @@ def _recipe(m: dict):
     spec = load_spec(config.tokenizer, config.eod_token, config.bos_token)
     recipe = recipes.get(config.recipe)
     sft = recipe.loss_mask
-    template = Path(config.chat_template).read_text() if config.chat_template else spec.chat_template
+    template = chat_template_of(config, spec)
     recipe_job = recipe.prepare(config, spec)
     eod, bos = (spec.eod_id if config.eod else None), (spec.bos_id if config.bos else None)
     fingerprint = tokenize_fingerprint(config, spec.sha256, eod, bos, m["tokenizer"]["dtype"], template if sft else None)
     if fingerprint != m["fingerprint"]:
         raise PrepError(f"--resample: the tokenizer ({config.tokenizer}), its template or the options differ from what made "
                         f"this output (fingerprint {fingerprint}, the manifest's {m['fingerprint']}); nothing to compare")
-    job = {"config": config.to_dict(), "keys": list(m["datasets"]), "dtype": m["tokenizer"]["dtype"], "eod_id": eod, "bos_id": bos,
-           "split_special_tokens": config.split_special_tokens, "chat_template": template if sft else None,
-           "special_tokens_map": spec.special_tokens_map, "recipe_base": None, "dtypes": {"loss_mask": "uint8"} if sft else {},
-           **recipe_job}
+    job = encoding_job(config, spec, m["tokenizer"]["dtype"], template if sft else None, None, recipe_job)
     return recipe(job, spec.json), Encoder(spec.json, "hf", config.split_special_tokens)
 
 

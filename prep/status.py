@@ -66,7 +66,8 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
     records = {u.index: r for u in units if (r := wd.load_done(workdir, u, job["fingerprint"])) is not None}
     done_units = [u for u in units if u.index in records]
     running = _held(workdir)
-    claimed = {u.index: c for u in units if (c := wd.claims(workdir).get(u.id)) is not None and u.index not in records}
+    claims = wd.claims(workdir)
+    claimed = {u.index: c for u in units if (c := claims.get(u.id)) is not None and u.index not in records}
     here = socket.gethostname()
     live = {i for i, c in claimed.items() if c.get("host") != here or _alive(c.get("pid"))}  # other hosts: as they say
     total, done = sum(u.size for u in units), sum(u.size for u in done_units)

@@ -127,21 +127,22 @@ def output_lock(out: Path, task: int = 0, tasks: int = 1):
 SLURM = "slurm"  # `prep slurm`'s scripts and logs: kept when the run's work is removed
 
 
+def _remove_all_but(workdir: Path, keep: tuple[str, ...]) -> None:
+    for path in workdir.iterdir() if workdir.is_dir() else []:
+        if path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+
+
 def clear_workdir(out: Path) -> None:
     """Remove a run's work folder, all but the lock a live run holds there (and the Slurm scripts)."""
-    workdir = Path(out) / WORKDIR
-    for path in workdir.iterdir() if workdir.is_dir() else []:
-        if path.name not in (LOCK, SLURM):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+    _remove_all_but(Path(out) / WORKDIR, (LOCK, SLURM))
 
 
 def remove_workdir(workdir: Path) -> None:
     """A finished run's work folder, gone; the Slurm scripts and logs stay (they are the job's record)."""
     workdir = Path(workdir)
     if (workdir / SLURM).is_dir():
-        for path in workdir.iterdir():
-            if path.name != SLURM:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+        _remove_all_but(workdir, (SLURM,))
     else:
         shutil.rmtree(workdir, ignore_errors=True)
 

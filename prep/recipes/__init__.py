@@ -17,4 +17,9 @@ def get(name: str, base: str | None = None):
     return RECIPES.get(name)
 
 
-__all__ = ["Recipe", "register", "names", "get"]
+def of_job(job: dict):
+    """The recipe class a tokenize job runs (a user's callable with the built-in it feeds)."""
+    return get(job["recipe"], job.get("recipe_base"))
+
+
+__all__ = ["Recipe", "register", "names", "get", "of_job"]

@@ -136,13 +136,15 @@ class ChatRecipe(SFTRecipe):
     def source_keys(self):
         return None  # every column: messages, tools, conversations
 
+    def conversation(self, record: dict) -> tuple[list[dict], list | None]:
+        """(messages, tools) of a record, normalised as the mask convention's trainer reads it."""
+        return normalize(as_automodel(record) if self.options.mask_convention == "automodel" else record)
+
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
-        if self.options.mask_convention == "automodel":
-            record = as_automodel(record)
-        return self.template.spans(*normalize(record))
+        return self.template.spans(*self.conversation(record))
 
     def samples(self, record: dict) -> list[tuple[str, list[tuple[int, int]]]]:
         if not self.options.per_turn:
             return [self.render(record)]
-        messages, tools = normalize(as_automodel(record) if self.options.mask_convention == "automodel" else record)  # each turn as when it was generated: the conversation up to it
+        messages, tools = self.conversation(record)  # each turn as when it was generated: the conversation up to it
         return [turn_as_generated(self.template, messages[:i + 1], tools) for i, m in enumerate(messages) if m["role"] == "assistant"]

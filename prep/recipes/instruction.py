@@ -70,11 +70,7 @@ class InstructionRecipe(SFTRecipe):
         convention = self.job.get("automodel")
         if convention is None:
             return super().sample_and_mask(text, spans, ids)
-        if self._hf is None:
-            from tokenizers import Tokenizer
-
-            self._hf = Tokenizer.from_str(self.spec_json)
-        prompt = len(self._hf.encode(text[:spans[0][0]], add_special_tokens=False).ids) + convention["prompt_bos"]
+        prompt = len(self.hf_tokenizer().encode(text[:spans[0][0]], add_special_tokens=False).ids) + convention["prompt_bos"]
         sample = np.concatenate([np.asarray(convention["before"], ids.dtype), ids, np.asarray(convention["after"], ids.dtype)])
         return sample, (np.arange(len(sample)) >= prompt).astype(np.uint8)
 

@@ -112,6 +112,14 @@ class SFTRecipe(Recipe):
         """The training samples of one record: (text, spans) each; one unless a recipe splits records."""
         return [self.render(record)]
 
+    def hf_tokenizer(self):
+        """HF tokenizers' Tokenizer of this job (built on first use: most batches never need it)."""
+        if self._hf is None:
+            from tokenizers import Tokenizer
+
+            self._hf = Tokenizer.from_str(self.spec_json)
+        return self._hf
+
     def offsets(self, text: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, bytes | None]:
         """(token starts, token ends, utf-8 text or None): byte offsets, or character offsets from HF."""
         if self.byte_lengths is not None:
@@ -119,11 +127,7 @@ class SFTRecipe(Recipe):
             raw = text.encode()
             if len(ends) == 0 or ends[-1] == len(raw):
                 return ends - self.byte_lengths[ids], ends, raw
-        if self._hf is None:
-            from tokenizers import Tokenizer
-
-            self._hf = Tokenizer.from_str(self.spec_json)
-        offsets = np.array(self._hf.encode(text, add_special_tokens=False).offsets, np.int64).reshape(-1, 2)
+        offsets = np.array(self.hf_tokenizer().encode(text, add_special_tokens=False).offsets, np.int64).reshape(-1, 2)
         return offsets[:, 0], offsets[:, 1], None
 
     def sample_and_mask(self, text: str, spans: list[tuple[int, int]], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

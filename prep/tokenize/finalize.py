@@ -26,7 +26,7 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
                         f"{f' ({skipped:,} skipped as bad)' if skipped else ''}; nothing to write: check the inputs and --text-key")
     units = [Unit.from_json(r["unit"]) for r in records]
     shard_tokens = job["config"]["shard_tokens"]
-    custom = recipes.get(job["recipe"], job.get("recipe_base")).finalize_parts(job, workdir, out, units)
+    custom = recipes.of_job(job).finalize_parts(job, workdir, out, units)
     extra_stats, extra_fields = {}, {}
     if custom is not None:
         datasets, extra_stats, extra_fields = custom

@@ -58,6 +58,26 @@ def clear_outputs(out: Path) -> None:
     wd.clear_workdir(out)
 
 
+def chat_template_of(config: TokenizeConfig, spec) -> str | None:
+    """The template text: --chat-template's file (one line if missing or empty), else the tokenizer's."""
+    if not config.chat_template:
+        return spec.chat_template
+    if not Path(config.chat_template).is_file():
+        raise PrepError(f"--chat-template {config.chat_template}: no such file")
+    template = Path(config.chat_template).read_text()
+    if not template.strip():
+        raise PrepError(f"{config.chat_template}: the chat template file is empty")
+    return template
+
+
+def encoding_job(config: TokenizeConfig, spec, dtype: str, chat_template: str | None, base: str | None, recipe_job: dict) -> dict:
+    """What a recipe and the workers read of a job: how records become tokens (also `verify --resample`'s)."""
+    return {"config": config.to_dict(), "keys": config.keys, "dtype": dtype, "eod_id": spec.eod_id if config.eod else None,
+            "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
+            "dtypes": {"loss_mask": "uint8"} if recipes.get(config.recipe, base).loss_mask else {},
+            "chat_template": chat_template, "special_tokens_map": spec.special_tokens_map, "recipe_base": base, **recipe_job}
+
+
 class TokenizeStage(Stage):
     kind, name, progress_unit = "tokens", "tokenize", "B"
     parts = megatron.PARTS_FORMAT
@@ -86,13 +106,7 @@ class TokenizeStage(Stage):
         recipe_job = recipe.prepare(config, spec)
         if sft and nanogpt_format and config.pack:
             raise PrepError("--pack is for --format megatron; NanoGPT shards are one token stream (the loaders cut windows from it)")
-        template = spec.chat_template
-        if config.chat_template:
-            if not Path(config.chat_template).is_file():
-                raise PrepError(f"--chat-template {config.chat_template}: no such file")
-            template = Path(config.chat_template).read_text()
-            if not template.strip():
-                raise PrepError(f"{config.chat_template}: the chat template file is empty")
+        template = chat_template_of(config, spec)
         if recipe.needs_template(config) and not template:
             raise PrepError(f"{config.tokenizer}: the tokenizer has no chat template; pass --chat-template FILE.jinja")
         if config.bos is None:  # NanoGPT data starts every document with BOS; Megatron's does not
@@ -139,12 +153,9 @@ class TokenizeStage(Stage):
                                      "modification times or units differ); restore them, or pass --overwrite to start again")
         job = {
             "complete": False, "out": str(out), "workdir": str(workdir), "fingerprint": fp,
-            "config": config.to_dict(), "tokenizer": {**spec.manifest(), "dtype": dtype.name},
-            "keys": config.keys, "dtype": dtype.name, "eod_id": spec.eod_id if config.eod else None,
-            "bos_id": spec.bos_id if config.bos else None, "split_special_tokens": config.split_special_tokens,
+            "tokenizer": {**spec.manifest(), "dtype": dtype.name},
             "skip_invalid": config.skip_invalid, "backend": config.backend, "format": config.format, "recipe": config.recipe,
-            "dtypes": {"loss_mask": "uint8"} if sft else {}, "chat_template": template if sft else None,
-            "special_tokens_map": spec.special_tokens_map, "recipe_base": base, **recipe_job,
+            **encoding_job(config, spec, dtype.name, template if sft else None, base, recipe_job),
         }
         wd.write_job(workdir, job)
         durable.write_bytes(workdir / "tokenizer.json", spec.json.encode())
@@ -161,7 +172,7 @@ class TokenizeStage(Stage):
         # assembled while units run, and handed to finalize.
         c, self.units = job["config"], units
         if (whole and job["format"] == "megatron" and not c["shard_tokens"] and not c.get("pack")
-                and recipes.get(job["recipe"], job.get("recipe_base")).keys is None):
+                and recipes.of_job(job).keys is None):
             self.merger = megatron.StreamingMerge(Path(job["workdir"]), Path(job["out"]), units, job["keys"])
             self.merger.restart(done)
 
@@ -187,7 +198,7 @@ class TokenizeStage(Stage):
         tokenizer_json = (workdir / "tokenizer.json").read_text()
         # The same sample every run (the plan's first unit), so a resumed run re-checks the same thing.
         plan_units = wd.plan_units(workdir)
-        sample = sample_texts(plan_units, recipes.get(job["recipe"], job.get("recipe_base")).probe_keys() or job["keys"])
+        sample = sample_texts(plan_units, recipes.of_job(job).probe_keys() or job["keys"])
         reference = None
         if job["backend"] != "hf":  # HF's ids for the probe, computed while the fast backend loads
             reference = ReferenceIds(tokenizer_json, job["split_special_tokens"], probe_texts(tokenizer_json, sample))

@@ -26,7 +26,7 @@ _STATE: dict = {}  # the job, the loaded encoder and recipe; forked workers inhe
 def load_state(job: dict, encoder: Encoder, tokenizer_json: str):
     """Set this process's state (before workers fork from it, so they inherit the encoder).
     Returns the recipe instance (a template that can't be used fails here, before any unit)."""
-    recipe = recipes.get(job["recipe"], job.get("recipe_base"))(job, tokenizer_json)
+    recipe = recipes.of_job(job)(job, tokenizer_json)
     _STATE.clear()
     _STATE.update(job, encoder=encoder, recipe_state=recipe, tokenizer_json=tokenizer_json, encoder_backend=encoder.backend)
     return recipe

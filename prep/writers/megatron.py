@@ -200,7 +200,7 @@ def part_lengths(workdir: Path, units: list[Unit], key: str) -> np.ndarray:
 
 
 def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, shard_tokens: int | None,
-                 packs: tuple[np.ndarray, np.ndarray] | None = None, merged: dict | None = None) -> dict:
+                 packs: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Merge the parts of `key` into shards; returns the manifest entry for this dataset.
 
     With `packs` (order, pack sizes from prep.tokenize.pack), sequences are written in that order and
@@ -230,10 +230,7 @@ def finalize_key(workdir: Path, out: Path, units: list[Unit], key: str, dtype, s
         t0 = int(token_ends[s0 - 1]) if s0 else 0
         t1 = int(token_ends[s1 - 1]) if s1 else 0
         bin_file, idx_file = indexed.bin_path(out / name), indexed.idx_path(out / name)
-        if merged is not None and len(bounds) == 1:  # StreamingMerge already wrote it, fsynced
-            durable.commit(merged["tmp"], bin_file, sync_folder=False)  # (its fsync finds nothing left to write)
-            bin_bytes, bin_hash = merged["bytes"], merged["xxh3_128"]
-        elif packs is None:
+        if packs is None:
             bin_bytes, bin_hash = _write_atomic(bin_file, lambda f, h: _copy_tokens(
                 [Path(f"{s}.bin") for s in stems], part_tokens, t0, t1, dtype.itemsize, f, h))
         else:
@@ -270,11 +267,30 @@ def _gather_tokens(stems: list[Path], part_tokens: np.ndarray, starts: np.ndarra
     hasher.update(buffer)
 
 
+class LengthHistogram:
+    """Document lengths in tokens, in power-of-two bins: counts[i] holds lengths in [edges[i],
+    edges[i+1]); accumulated batch by batch (the streamed finalize) or at once (`length_histogram`)."""
+
+    POWERS = np.left_shift(np.int64(1), np.arange(63, dtype=np.int64))  # 1, 2, 4, ...: a length's bin is how many it reaches
+
+    def __init__(self):
+        self.counts, self.top, self.any = np.zeros(64, np.int64), 0, False
+
+    def add(self, doc_tokens: np.ndarray) -> None:
+        if len(doc_tokens):
+            self.any = True
+            self.top = max(self.top, int(doc_tokens.max()))
+            np.add.at(self.counts, np.searchsorted(self.POWERS, doc_tokens, side="right"), 1)
+
+    def result(self) -> dict:
+        if not self.any:
+            return {"edges": [0, 1], "counts": [0]}
+        bits = max(1, self.top).bit_length()
+        edges = [0, 1] + [1 << k for k in range(1, bits + 1)]
+        return {"edges": edges + [edges[-1] * 2], "counts": self.counts[:bits + 2].tolist()}
+
+
 def length_histogram(doc_tokens: np.ndarray) -> dict:
-    """Document lengths in tokens, in power-of-two bins: counts[i] holds lengths in [edges[i], edges[i+1])."""
-    if len(doc_tokens) == 0:
-        return {"edges": [0, 1], "counts": [0]}
-    top = max(1, int(doc_tokens.max()))
-    edges = [0, 1] + [1 << k for k in range(1, top.bit_length() + 1)]
-    counts, _ = np.histogram(doc_tokens, bins=edges + [edges[-1] * 2])
-    return {"edges": edges + [edges[-1] * 2], "counts": counts.tolist()}
+    histogram = LengthHistogram()
+    histogram.add(np.asarray(doc_tokens))
+    return histogram.result()

@@ -16,29 +16,6 @@ from prep.pipeline import durable
 from prep.pipeline.durable import fsync_dir
 
 
-class _Histogram:
-    """prep.writers.megatron.length_histogram, accumulated part by part."""
-
-    def __init__(self):
-        self.counts, self.top, self.any = np.zeros(66, np.int64), 0, False
-
-    def add(self, doc_tokens: np.ndarray) -> None:
-        if len(doc_tokens):
-            self.any = True
-            self.top = max(self.top, int(doc_tokens.max()))
-            bins = np.zeros(len(doc_tokens), np.int64)
-            positive = doc_tokens > 0
-            bins[positive] = np.floor(np.log2(doc_tokens[positive].astype(np.float64))).astype(np.int64) + 1
-            np.add.at(self.counts, bins, 1)
-
-    def result(self) -> dict:
-        if not self.any:
-            return {"edges": [0, 1], "counts": [0]}
-        bits = max(1, self.top).bit_length()
-        edges = [0, 1] + [1 << k for k in range(1, bits + 1)]
-        return {"edges": edges + [edges[-1] * 2], "counts": self.counts[:bits + 2].tolist()}
-
-
 class _Shard:
     """One shard being written: its token range and the index sections so far."""
 
@@ -96,13 +73,13 @@ class _Shard:
 
 def finalize_key(workdir: Path, out: Path, units, key: str, dtype, shard_tokens: int | None, merged: dict | None = None) -> dict:
     """The shards of `key` from every unit's parts; returns the manifest entry (as megatron.finalize_key)."""
-    from prep.writers.megatron import _copy_tokens, _write_atomic, dataset_name, read_part
+    from prep.writers.megatron import LengthHistogram, _copy_tokens, _write_atomic, dataset_name, read_part
 
     dtype = np.dtype(dtype)
     stems = [workdir / "parts" / f"{u.id}.{key}" for u in units]
     parts = [Path(f"{s}.bin") for s in stems]
     part_tokens = np.array([os.path.getsize(p) // dtype.itemsize for p in parts], np.int64)
-    shards, histogram = [], _Histogram()
+    shards, histogram = [], LengthHistogram()
     pending: list[tuple[np.ndarray, np.ndarray]] = []  # empty documents after a full shard: the next shard's, or the last's
 
     def name(number: int) -> str:
