@@ -10,8 +10,11 @@ train time beyond what `prep index` would cache. numpy + torch only: AutoModel i
   `input_ids`, `labels`, `loss_mask` and `attention_mask` with `create_attention_mask`).
 - `NanogptDataset`: AutoModel's `llm.nanogpt_dataset.NanogptDataset` windows over prep's NanoGPT
   shards (or any shards), in its order, map-style with a known length; SFT shards give -100 labels.
-- `ChatDataset`, `ColumnMappedTextInstructionDataset`: AutoModel's SFT items from prep's offline
-  chat / instruction / completion outputs (`loaders.automodel_sft`).
+- `ChatDataset`, `ColumnMappedTextInstructionDataset`, `make_squad_dataset`, `HellaSwag`: AutoModel's
+  SFT items from prep's offline chat / instruction / completion outputs (`loaders.automodel_sft`).
+- `RetrievalDatasetConfig` (also as `make_retrieval_dataset`) and `BiEncoderCollator`: the
+  bi-encoder recipe's dataset and collate targets over prep's retrieval outputs
+  (`loaders.automodel_retrieval`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loaders.automodel_sft import ChatDataset, ColumnMappedTextInstructionDataset, SFTItems  # noqa: F401 (targets)
+from loaders.automodel_retrieval import BiEncoderCollator, RetrievalDatasetConfig  # noqa: F401 (targets)
+from loaders.automodel_sft import (  # noqa: F401 (targets)
+    ChatDataset, ColumnMappedTextInstructionDataset, HellaSwag, SFTItems, make_squad_dataset)
 from loaders.gpt import GPTDataset, masks_and_position_ids
 from loaders.nanogpt import NanoGPTDataset
 
@@ -197,3 +202,9 @@ def NanogptDataset(file_pattern, seq_len: int, *, bos_token: int | None = None, 
     else:
         source = [str(f) for f in file_pattern]
     return NanogptWindows(NanoGPTDataset(source, seq_len, align_to_bos=align_to_bos, bos_token=bos_token))
+
+
+
+# AutoModel resolves its own make_retrieval_dataset target to the typed config (the recipe reads
+# `n_passages` off it); the same name here is that config.
+make_retrieval_dataset = RetrievalDatasetConfig

@@ -1,10 +1,12 @@
 """AutoModel's SFT items from prep's offline SFT outputs (chat, instruction, completion).
 
-NeMo AutoModel's ChatDataset, ColumnMappedTextInstructionDataset and SQuAD/HellaSwag datasets
-render, tokenize and mask each row at train time and package it the same way
+NeMo AutoModel's ChatDataset, ColumnMappedTextInstructionDataset and SQuAD dataset render,
+tokenize and mask each row at train time and package it the same way
 (formatting_utils._package_tokenized_example): `input_ids` is the ids without the last,
 `labels` the ids without the first with -100 where the loss mask is 0, `attention_mask` ones
 over the content, and `___PAD_TOKEN_IDS___` the pad values AutoModel's collate functions read.
+Its HellaSwag (SFTSingleTurnPreprocessor) packages apart: `input_ids` all the ids, `labels`
+shifted with a last -100, `loss_mask`, and every item padded to the split's longest (a multiple of 8).
 Here the ids and masks come from prep's `tokens` and `loss_mask` datasets; the packaging,
 truncation and padding follow AutoModel's, so its collate functions and packers take the items
 unchanged. numpy + torch only.
@@ -25,9 +27,10 @@ IGNORE = -100
 # AutoModel's options that decide ids or masks, decided when prep tokenized: each must agree with
 # the output (name -> (manifest config field, the prep option that sets it)).
 DECIDED = {"mask_history": ("last_turn_only", "--last-turn-only"),
-           "mask_reasoning_content": ("mask_reasoning", "--mask-reasoning")}
+           "mask_reasoning_content": ("mask_reasoning", "--mask-reasoning"),
+           "use_hf_chat_template": ("use_chat_template", "--use-chat-template")}
 TOKENIZE_TIME = ("chat_template", "start_of_turn_token", "mask_generation_prompt", "shuffle_seed", "name",
-                 "column_mapping", "answer_only_loss_mask", "use_hf_chat_template", "limit_dataset_samples")
+                 "column_mapping", "answer_only_loss_mask", "limit_dataset_samples")
 
 
 def pad_and_eos(tokenizer, special_ids: dict) -> tuple[int | None, int | None]:
@@ -69,6 +72,22 @@ def package(ids: np.ndarray, mask: np.ndarray, pad: int | None, eos: int | None,
     attention += [0] * (len(labels) - len(attention))
     return {"input_ids": inputs, "labels": labels, "attention_mask": attention,
             "___PAD_TOKEN_IDS___": {"input_ids": pad, "labels": IGNORE, "attention_mask": 0}}
+
+
+def package_single_turn(ids: np.ndarray, mask: np.ndarray, pad: int, max_len: int | None) -> dict:
+    """One sample as AutoModel's SFTSingleTurnPreprocessor packages it: labels -100 over the context
+    but its last token, then the target, then -100; padded (or cut) to `max_len` when given."""
+    ids = ids.tolist()
+    context = int(np.argmax(mask)) if mask.any() else len(ids)
+    labels = [IGNORE] * (context - 1) + ids[context:] + [IGNORE]
+    item = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels,
+            "loss_mask": [int(label != IGNORE) for label in labels]}
+    if max_len is None:
+        return item
+    return {"input_ids": ids[:max_len] + [pad] * max(0, max_len - len(ids)),
+            "attention_mask": [1] * min(len(ids), max_len) + [0] * max(0, max_len - len(ids)),
+            "labels": labels[:max_len] + [IGNORE] * max(0, max_len - len(labels)),
+            "loss_mask": item["loss_mask"][:max_len] + [0] * max(0, max_len - len(labels))}
 
 
 def _rows(split: str | None, n: int) -> range:
@@ -120,8 +139,35 @@ class SFTItems(torch.utils.data.Dataset):
         row = self.rows[i]
         shard = int(np.searchsorted(self.shard_starts, row, "right")) - 1
         j = row - int(self.shard_starts[shard])
-        return package(np.asarray(self.tokens[shard][j]), np.asarray(self.masks[shard][j]), self.pad, self.eos,
-                       **self.options)
+        return self.package(np.asarray(self.tokens[shard][j]), np.asarray(self.masks[shard][j]))
+
+    def package(self, ids: np.ndarray, mask: np.ndarray) -> dict:
+        return package(ids, mask, self.pad, self.eos, **self.options)
+
+    def lengths(self) -> np.ndarray:
+        """Each row's token count, from the index (no token is read)."""
+        every = np.concatenate([t.sequence_lengths for t in self.tokens]) if self.tokens else np.zeros(0, np.int64)
+        return every[np.asarray(self.rows, np.int64)]
+
+
+class SingleTurnItems(SFTItems):
+    """A prep completion output made with --mask-convention automodel, as AutoModel's
+    SFTSingleTurnPreprocessor items (HellaSwag, get_context / get_target datasets)."""
+
+    def __init__(self, path, tokenizer=None, split: str | None = None, pad_to_max_length: bool = True):
+        super().__init__(path, tokenizer, split=split, what="completion")
+        config = self.manifest["config"]
+        if config.get("mask_convention") != "automodel" or "completion" not in (config["recipe"], config.get("recipe_base")):
+            raise ValueError(f"{path}: not made the way AutoModel's HellaSwag tokenizes (context and target apart); rerun "
+                             "prep tokenize --recipe completion (or a get_context / get_target class) --mask-convention automodel")
+        # SFTSingleTurnPreprocessor pads with the tokenizer's pad id or 0, to the longest row rounded up to 8
+        self.pad = (getattr(tokenizer, "pad_token_id", None) if tokenizer is not None
+                    else self.manifest["tokenizer"].get("special_ids", {}).get("pad")) or 0
+        lengths = self.lengths()
+        self.max_len = (-(-int(lengths.max()) // 8) * 8 if len(lengths) else 0) if pad_to_max_length else None
+
+    def package(self, ids: np.ndarray, mask: np.ndarray) -> dict:
+        return package_single_turn(ids, mask, self.pad, self.max_len)
 
 
 def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncation, unshifted, split, unused: dict,
@@ -152,8 +198,56 @@ def ChatDataset(path_or_dataset_id=None, tokenizer=None, *, path=None, split: st
 
 def ColumnMappedTextInstructionDataset(path_or_dataset_id=None, tokenizer=None, *, path=None, split: str | None = None,
                                        seq_length: int | None = None, padding="do_not_pad", truncation="do_not_truncate",
-                                       unshifted: bool = False, **unused) -> SFTItems:
+                                       unshifted: bool = False, use_hf_chat_template: bool | None = None, **unused) -> SFTItems:
     """AutoModel's `llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset`
     over prep's offline instruction output (its columns and prompt were prep's `--columns`)."""
     return _sft("loaders.automodel.ColumnMappedTextInstructionDataset", "instruction", path_or_dataset_id or path, tokenizer,
-                seq_length, padding, truncation, unshifted, split, unused)
+                seq_length, padding, truncation, unshifted, split, unused, use_hf_chat_template=use_hf_chat_template)
+
+
+def HellaSwag(path_or_dataset=None, tokenizer=None, split: str = "train", num_samples_limit: int | None = None,
+              pad_to_max_length: bool = True, *, path=None) -> SingleTurnItems:
+    """AutoModel's `llm.hellaswag.HellaSwag` over prep's offline completion output made with
+    `--mask-convention automodel` (AutoModel's own class as the recipe:
+    `--recipe nemo_automodel.components.datasets.llm.hellaswag:HellaSwag`, or `--recipe completion`
+    with the gold ending as a column). `split` slices the output's samples; `num_samples_limit`
+    keeps the first N, and padding goes to the longest of those, as AutoModel's does."""
+    source = path_or_dataset or path
+    if source is None:
+        raise TypeError("loaders.automodel.HellaSwag: name the prep output with path_or_dataset (or path)")
+    if isinstance(num_samples_limit, int):
+        split = f"{split}[:{num_samples_limit}]"
+    return SingleTurnItems(source, tokenizer, split, pad_to_max_length)
+
+
+def make_squad_dataset(tokenizer=None, seq_length: int | None = None, limit_dataset_samples: int | None = None,
+                       fp8: bool = False, split: str = "train", dataset_name=None, padding=False, truncation=False,
+                       chat_template: str | None = None, *, path=None) -> SFTItems:
+    """AutoModel's `llm.squad.make_squad_dataset` over prep's offline SQuAD output (`dataset_name`:
+    the output folder), made with `prep tokenize --recipe instruction --preset squad
+    --mask-convention automodel`, plus `--use-chat-template` exactly when the tokenizer has a chat
+    template (AutoModel's SQuAD uses it whenever there is one)."""
+    source = dataset_name or path
+    if source is None:
+        raise TypeError("loaders.automodel.make_squad_dataset: name the prep output with dataset_name (or path)")
+    if chat_template is not None:
+        raise TypeError("loaders.automodel.make_squad_dataset: chat_template decides tokens, which prep decided when it "
+                        "tokenized; pass --chat-template to prep tokenize instead")
+    items = SFTItems(source, tokenizer, seq_length, padding, truncation, split=_limited(split, limit_dataset_samples),
+                     what="SQuAD")
+    config = items.manifest["config"]
+    if config.get("preset") != "squad" or config.get("mask_convention") != "automodel":
+        raise ValueError(f"{source}: not a SQuAD output in AutoModel's convention (prep tokenize --recipe instruction "
+                         "--preset squad --mask-convention automodel)")
+    templated = bool(getattr(tokenizer, "chat_template", None)) if tokenizer is not None else bool(config.get("use_chat_template"))
+    if templated != bool(config.get("use_chat_template")):
+        raise ValueError(f"{source}: AutoModel's SQuAD {'renders' if templated else 'does not render'} with the tokenizer's chat "
+                         f"template, but prep tokenized {'without' if templated else 'with'} --use-chat-template")
+    return items
+
+
+def _limited(split: str, limit: int | None) -> str:
+    """AutoModel's limit_dataset_samples: `split[:N]` unless the split already slices."""
+    if limit is None or "[" in split:
+        return split
+    return f"{split}[:{int(limit)}]"

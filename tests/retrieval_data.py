@@ -3,12 +3,13 @@ shared across queries as negatives, fewer and more negatives than asked, long an
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from helpers import botchan_documents, write_jsonl
+from helpers import TOKENIZERS, botchan_documents, write_jsonl
 
 NON_ASCII = ["Größe und Maß — überall.", "東京は日本の首都です。", "Ça coûte 5 € à Montréal.", "Ёлка 🎄 и снег ❄️"]
 
@@ -70,3 +71,22 @@ def write_corpus_id(folder: Path, n_queries: int = 30, seed: int = 1) -> Path:
     path = folder / "train.json"
     path.write_text(json.dumps({"corpus": [{"path": "corpora/wiki"}, {"path": "corpora/news"}], "data": data}, indent=2, ensure_ascii=False))
     return path
+
+
+def bos_eos_tokenizer(root: Path) -> Path:
+    """Llama-3's tokenizer with a post-processor adding BOS and EOS around every text (as BERT-like
+    embedding models' tokenizers do): truncation must keep the EOS, and AutoModel's single-turn
+    preprocessor strips them where context and target meet."""
+    wrapped = root / "llama3-bos-eos"
+    shutil.copytree(TOKENIZERS / "llama3", wrapped)
+    spec = json.loads((wrapped / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in spec["added_tokens"]}
+    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
+    spec["post_processor"] = {"type": "TemplateProcessing",
+                              "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                                         {"SpecialToken": {"id": eos, "type_id": 0}}],
+                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                              "special_tokens": {bos: {"id": bos, "ids": [ids[bos]], "tokens": [bos]},
+                                                 eos: {"id": eos, "ids": [ids[eos]], "tokens": [eos]}}}
+    (wrapped / "tokenizer.json").write_text(json.dumps(spec))
+    return wrapped

@@ -45,7 +45,8 @@ class RecipeName(click.ParamType):
               help="A .jinja chat template to use instead of the tokenizer's.")
 @click.option("--columns", default=None, help="instruction/completion: role=column pairs, e.g. context=input,question=instruction,answer=output.")
 @click.option("--preset", type=click.Choice(["default", "squad"]), default="default", show_default=True,
-              help="instruction prompt: default 'context question ' (AutoModel's); squad 'Context: .. Question: .. Answer: '.")
+              help="instruction prompt: default 'context question ' (AutoModel's); squad 'Context: .. Question: .. Answer: ' "
+                   "over SQuAD's rows (answers.text[0]; --columns defaults to context, question, answers).")
 @click.option("--use-chat-template", is_flag=True, help="instruction: render context/question/answer as system/user/assistant turns.")
 @click.option("--mask-reasoning", is_flag=True, help="chat: no loss on assistant reasoning_content either.")
 @click.option("--last-turn-only", is_flag=True, help="chat: loss on the last assistant turn only.")
@@ -117,6 +118,8 @@ def tokenize(inputs, output, tokenizer, recipe, chat_template, columns, preset, 
     """
     started = time.time()
     workers = workers or default_workers()
+    if preset == "squad" and not columns and recipe == "instruction":
+        columns = "context=context,question=question,answer=answers"  # SQuAD's own columns
     column_map = _columns(columns, recipe)
     config = TokenizeConfig(inputs=list(inputs), output=output, tokenizer=tokenizer, recipe=recipe,
                             chat_template=chat_template, columns=column_map, preset=preset, use_chat_template=use_chat_template,

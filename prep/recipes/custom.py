@@ -4,7 +4,8 @@ The callable maps one raw record to what a built-in recipe takes, and that recip
 (templates, exact masks, packing): a `messages` list (or a record with `messages` and `tools`)
 for chat; a dict with `context` / `question` / `answer` for instruction. A class with
 `get_context` / `get_target` (NeMo AutoModel's minimal custom dataset pattern: each takes a batch,
-a dict of lists) feeds the completion recipe: its context, then its target. Which recipe is
+a dict of lists; AutoModel's own `...llm.hellaswag:HellaSwag` works) feeds the completion recipe:
+its context, then its target. Which recipe is
 learned from the callable's answer on the corpus's first record. The callable runs in the
 workers; the output's fingerprint covers its module's source; an exception inside it makes that
 record a bad record (`path:line: the recipe ... raised ...`).
@@ -70,7 +71,10 @@ def _transform(spec: str):
     """record -> the built-in recipe's record (exceptions become bad records)."""
     target = resolve(spec)
     if isinstance(target, type) and hasattr(target, "get_context") and hasattr(target, "get_target"):
-        instance = target()
+        try:
+            instance = target()
+        except TypeError:  # a dataset class whose constructor loads data (AutoModel's HellaSwag): its
+            instance = target.__new__(target)  # get_context / get_target read only the batch
 
         def call(record):
             batch = {key: [value] for key, value in record.items()}

@@ -2,7 +2,9 @@
 
 The prompt is AutoModel's ColumnMappedTextInstructionDataset's (context and question joined by
 spaces, then a space), SQuAD's with --preset squad, or a chat-template render of system / user /
-assistant turns with --use-chat-template.
+assistant turns with --use-chat-template (with --preset squad, SQuAD's: the prompt as the user turn).
+--preset squad reads SQuAD's rows as they are: an `answers` column {"text": [...]} is its first
+text, stripped (empty when there is none), as AutoModel's make_squad_dataset takes it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, li
     values = {}
     for role, column in columns.items():
         value = record.get(column)
+        if preset == "squad" and role == "answer" and isinstance(value, dict) and isinstance(value.get("text"), list):
+            value = value["text"][0].strip() if value["text"] else ""
         if value is not None and not isinstance(value, str):
             raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
         values[role] = value
@@ -76,6 +80,10 @@ class InstructionRecipe(SFTRecipe):
 
     def render(self, record: dict) -> tuple[str, list[tuple[int, int]]]:
         o = self.options
+        if o.use_chat_template and o.preset == "squad":  # AutoModel's SQuAD: one user turn, the answer
+            text, ((start, end),) = instruction_spans(record, o.columns, "squad")
+            return self.template.spans([{"role": "user", "content": text[:start]},
+                                        {"role": "assistant", "content": text[start:end]}], None)
         if o.use_chat_template:
             text, _ = instruction_spans(record, o.columns, "default")  # validates the columns
             get = lambda role: record.get(o.columns[role]) if role in o.columns else None  # noqa: E731

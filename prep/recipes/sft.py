@@ -161,8 +161,9 @@ class SFTRecipe(Recipe):
                 sample, mask = np.concatenate([[self.bos_id], sample]), np.concatenate([[0], mask]).astype(np.uint8)
             if self.eod_id is not None:
                 sample, mask = np.concatenate([sample, [self.eod_id]]), np.concatenate([mask, [1]]).astype(np.uint8)
-            reason = "loss mask is all zeros (nothing to train on)" if not mask.any() else \
-                "loss mask is all ones (no prompt: check the template or --columns)" if mask.all() else None
+            reason = None if options.mask_convention == "automodel" else \
+                "loss mask is all zeros (nothing to train on)" if not mask.any() else \
+                "loss mask is all ones (no prompt: check the template or --columns)" if mask.all() else None  # AutoModel keeps them
             if reason:
                 rejects.add(path, lambda j=where[k]: locate(j), reason)
                 continue

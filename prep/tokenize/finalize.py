@@ -70,6 +70,8 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     manifest = manifest_mod.build("tokens", job["format"], job["fingerprint"], job["config"], job["tokenizer"],
                                   inputs, datasets, stats, timings)
     manifest["config"]["recipe"] = job["recipe"]
+    if job.get("recipe_base"):  # the built-in recipe a user's callable feeds
+        manifest["config"]["recipe_base"] = job["recipe_base"]
     manifest.update(extra_fields)
     manifest_mod.write(out, manifest)
     wd.remove_workdir(workdir)

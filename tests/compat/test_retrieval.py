@@ -2,7 +2,6 @@
 BiEncoderCollator on the same raw rows: batches equal tensor for tensor."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 
 from helpers import TOKENIZERS, prep
 from loaders.retrieval import RetrievalDataset, collate
-from retrieval_data import write_corpus_id, write_inline
+from retrieval_data import bos_eos_tokenizer, write_corpus_id, write_inline
 
 retrieval_dataset = pytest.importorskip("nemo_automodel.components.datasets.llm.retrieval_dataset")
 from nemo_automodel.components.datasets.llm.retrieval_collator import BiEncoderCollator  # noqa: E402
@@ -21,18 +20,7 @@ def tokenizers(tmp_path_factory):
     """Real tokenizers, and llama3 with a post-processor adding BOS and EOS (as BERT-like embedding
     models' tokenizers do), so truncation must keep the trailing special token."""
     root = tmp_path_factory.mktemp("toks")
-    wrapped = root / "llama3-bos-eos"
-    shutil.copytree(TOKENIZERS / "llama3", wrapped)
-    spec = json.loads((wrapped / "tokenizer.json").read_text())
-    ids = {t["content"]: t["id"] for t in spec["added_tokens"]}
-    bos, eos = "<|begin_of_text|>", "<|end_of_text|>"
-    spec["post_processor"] = {"type": "TemplateProcessing",
-                              "single": [{"SpecialToken": {"id": bos, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
-                                         {"SpecialToken": {"id": eos, "type_id": 0}}],
-                              "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
-                              "special_tokens": {bos: {"id": bos, "ids": [ids[bos]], "tokens": [bos]},
-                                                 eos: {"id": eos, "ids": [ids[eos]], "tokens": [eos]}}}
-    (wrapped / "tokenizer.json").write_text(json.dumps(spec))
+    wrapped = bos_eos_tokenizer(root)
     return {"smollm2": TOKENIZERS / "smollm2-135m-instruct", "llama3": TOKENIZERS / "llama3", "llama3-bos-eos": wrapped}
 
 

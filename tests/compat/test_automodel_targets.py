@@ -1,0 +1,189 @@
+"""loaders.automodel's HellaSwag, make_squad_dataset and retrieval targets against NeMo AutoModel's
+own datasets on the same raw rows: item for item, and batch for batch through AutoModel's
+make_dataset_config / make_collate_fn / DataloaderConfig on two data-parallel ranks."""
+
+import pytest
+import torch
+
+from helpers import TOKENIZERS, prep, write_jsonl
+from loaders import automodel
+
+loader = pytest.importorskip("nemo_automodel.components.datasets.loader")
+from chat_cases import LINES, TEMPLATES  # noqa: E402
+from retrieval_data import bos_eos_tokenizer, write_corpus_id, write_inline  # noqa: E402
+
+HELLASWAG = "nemo_automodel.components.datasets.llm.hellaswag:HellaSwag"
+
+
+@pytest.fixture(autouse=True)
+def _offline_hf(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    return {"gpt2": TOKENIZERS / "gpt2", "smollm2": TOKENIZERS / "smollm2-135m-instruct",
+            "llama3-bos-eos": bos_eos_tokenizer(tmp_path_factory.mktemp("toks")), "deepseek": TEMPLATES["deepseek"]}
+
+
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def _line(i: int) -> str:
+    return LINES[(i * 7) % len(LINES)].strip() or "He said nothing"
+
+
+def _batches(target, kwargs, tok, collate=None, rank=0, batch_size=4):
+    config = loader.DataloaderConfig(dataset_config=loader.make_dataset_config(target, kwargs), batch_size=batch_size,
+                                     shuffle=True, seed=7, collate_fn=loader.make_collate_fn(*collate) if collate else None)
+    return list(config.build(dp_rank=rank, dp_world_size=2, tokenizer=tok))
+
+
+def _same_batches(ours, theirs):
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs):
+        assert sorted(a) == sorted(b)
+        for key in b:
+            if isinstance(b[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+            else:
+                assert a[key] == b[key], key
+
+
+def hellaswag_rows(n: int = 37) -> list[dict]:
+    """HellaSwag's schema on real text: contexts ending mid-sentence, endings with and without a
+    leading space (AutoModel tokenizes the two apart, so no space is added), the gold one by label."""
+    rows = []
+    for i in range(n):
+        endings = [("" if i % 3 else " ") + _line(i + k + 1)[: 20 + 7 * k] for k in range(4)]
+        rows.append({"ind": i, "activity_label": "Botchan", "ctx": _line(i)[: 30 + i % 40], "endings": endings,
+                     "label": str(i % 4), "gold": endings[i % 4]})
+    return rows
+
+
+@pytest.mark.parametrize("tokenizer", ["gpt2", "smollm2", "llama3-bos-eos", "deepseek"])
+def test_hellaswag_items_equal_automodels(tmp_path, tokenizers, tokenizer):
+    """AutoModel's own HellaSwag class named as the recipe (its get_context / get_target), and the
+    built-in completion recipe over the gold column, both with --mask-convention automodel: the
+    items of AutoModel's HellaSwag (SFTSingleTurnPreprocessor), padded or not, limited or not."""
+    from nemo_automodel.components.datasets.llm.hellaswag import HellaSwag
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    corpus = write_jsonl(raw / "train.jsonl", hellaswag_rows())
+    tok = _tok(tokenizers[tokenizer])
+    common = ["--tokenizer", tokenizers[tokenizer], "--mask-convention", "automodel"]
+    prep("tokenize", corpus, "-o", tmp_path / "own", "--recipe", HELLASWAG, *common)
+    prep("tokenize", corpus, "-o", tmp_path / "cols", "--recipe", "completion", "--columns", "context=ctx,answer=gold", *common)
+    for options in ({}, {"num_samples_limit": 9}, {"pad_to_max_length": False}):
+        theirs = HellaSwag(str(raw), tok, **options)
+        for out in ("own", "cols"):
+            ours = automodel.HellaSwag(str(tmp_path / out), tokenizer=tok, **options)
+            assert len(ours) == len(theirs)
+            for i in range(len(theirs)):
+                assert ours[i] == dict(theirs[i]), (out, options, i)
+    kwargs = {"path_or_dataset": str(raw)}
+    theirs = _batches("nemo_automodel.components.datasets.llm.hellaswag.HellaSwag", kwargs, tok, rank=1)
+    _same_batches(_batches("loaders.automodel.HellaSwag", {"path_or_dataset": str(tmp_path / "own")}, tok, rank=1), theirs)
+
+
+def test_hellaswag_refuses_outputs_made_otherwise(tmp_path, tokenizers):
+    corpus = write_jsonl(tmp_path / "raw.jsonl", hellaswag_rows(5))
+    prep("tokenize", corpus, "-o", tmp_path / "prep", "--recipe", "completion", "--columns", "context=ctx,answer=gold",
+         "--tokenizer", tokenizers["gpt2"])
+    with pytest.raises(ValueError, match="not made the way AutoModel's HellaSwag tokenizes"):
+        automodel.HellaSwag(str(tmp_path / "prep"))
+
+
+def squad_rows(n: int = 31) -> list[dict]:
+    """SQuAD's schema: `answers` {"text", "answer_start"} (the first text, stripped), some empty."""
+    rows = []
+    for i in range(n):
+        context = " ".join(_line(i + k) for k in range(3))
+        answer = context.split()[i % 5] if context.split() else "yes"
+        answers = {"text": [f" {answer} ", "other"], "answer_start": [0, 1]} if i % 6 else {"text": [], "answer_start": []}
+        rows.append({"id": str(i), "title": "Botchan", "context": context, "question": f"Which word is number {i % 5}?",
+                     "answers": answers})
+    return rows
+
+
+@pytest.mark.parametrize("tokenizer,templated", [("gpt2", False), ("smollm2", True), ("llama3-bos-eos", True)])
+def test_squad_items_equal_automodels(tmp_path, tokenizers, tokenizer, templated):
+    """--recipe instruction --preset squad on SQuAD's own rows (its columns by default), with
+    --use-chat-template exactly when the tokenizer has a template (AutoModel's SQuAD then uses it)."""
+    from nemo_automodel.components.datasets.llm.squad import make_squad_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "train.jsonl", squad_rows())
+    tok = _tok(tokenizers[tokenizer])
+    assert bool(tok.chat_template) == templated
+    prep("tokenize", raw / "train.jsonl", "-o", tmp_path / "out", "--recipe", "instruction", "--preset", "squad",
+         "--mask-convention", "automodel", "--tokenizer", tokenizers[tokenizer], *(["--use-chat-template"] if templated else []))
+    for options in ({}, {"limit_dataset_samples": 8}, {"seq_length": 48, "padding": "max_length", "truncation": True}):
+        theirs = make_squad_dataset(tok, dataset_name=str(raw), **options)
+        ours = automodel.make_squad_dataset(tok, dataset_name=str(tmp_path / "out"), **options)
+        assert len(ours) == len(theirs)
+        for i in range(len(theirs)):
+            assert ours[i] == dict(theirs[i]), (options, i)
+    block = {"seq_length": 64, "padding": "max_length", "truncation": True}
+    theirs = _batches("nemo_automodel.components.datasets.llm.squad.make_squad_dataset", {"dataset_name": str(raw), **block}, tok)
+    _same_batches(_batches("loaders.automodel.make_squad_dataset", {"dataset_name": str(tmp_path / "out"), **block}, tok), theirs)
+
+
+def test_squad_refuses_a_template_mismatch(tmp_path, tokenizers):
+    raw = write_jsonl(tmp_path / "train.jsonl", squad_rows(5))
+    prep("tokenize", raw, "-o", tmp_path / "out", "--recipe", "instruction", "--preset", "squad", "--mask-convention", "automodel",
+         "--tokenizer", tokenizers["smollm2"])
+    with pytest.raises(ValueError, match="renders with the tokenizer's chat template, but prep tokenized without"):
+        automodel.make_squad_dataset(_tok(tokenizers["smollm2"]), dataset_name=str(tmp_path / "out"))
+
+
+RETRIEVAL_CASES = [  # schema, tokenizer, dataset block, collator block
+    ("inline", "smollm2", {"n_passages": 5}, {"q_max_len": 512, "p_max_len": 512, "query_prefix": "query:",
+                                               "passage_prefix": "passage:", "pad_to_multiple_of": 8}),
+    ("inline", "llama3-bos-eos", {"n_passages": 3, "max_train_samples": 17, "train_data_select_offset": 3, "do_shuffle": True},
+     {"q_max_len": 16, "p_max_len": 24}),
+    ("corpus_id", "llama3-bos-eos", {"n_passages": 4, "use_dataset_instruction": True},
+     {"q_max_len": 20, "p_max_len": 30, "use_dataset_instruction": True, "pad_to_multiple_of": 4}),
+    ("corpus_id", "smollm2", {"n_passages": 2, "data_type": "eval", "eval_negative_size": 3}, {"q_max_len": 64, "p_max_len": 64}),
+]
+
+
+@pytest.mark.parametrize("schema,tokenizer,dataset,collator", RETRIEVAL_CASES)
+def test_retrieval_targets_through_automodels_loader(tmp_path, tokenizers, schema, tokenizer, dataset, collator):
+    """RetrievalDatasetConfig + BiEncoderCollator resolved as AutoModel resolves YAML targets:
+    the config carries `n_passages` for the recipe, and the batches on each of two ranks equal
+    those of AutoModel's make_retrieval_dataset + BiEncoderCollator."""
+    corpus = (write_inline if schema == "inline" else write_corpus_id)(tmp_path / "raw")
+    flags = ["--use-dataset-instruction"] if collator.get("use_dataset_instruction") else \
+        ["--query-prefix", collator.get("query_prefix", ""), "--passage-prefix", collator.get("passage_prefix", "")]
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", "retrieval", "--tokenizer", tokenizers[tokenizer], *flags)
+    tok = _tok(tokenizers[tokenizer])
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token  # as AutoModel's bi-encoder recipe does
+    ours_config = loader.make_dataset_config("loaders.automodel.RetrievalDatasetConfig",
+                                             {"data_dir_list": [str(tmp_path / "out")], **dataset})
+    assert ours_config.n_passages == dataset["n_passages"]  # what the recipe reads off the config
+    for rank in (0, 1):
+        theirs = _batches("nemo_automodel.components.datasets.llm.retrieval_dataset.make_retrieval_dataset",
+                          {"data_dir_list": [str(corpus)], **dataset}, tok,
+                          ("nemo_automodel.components.datasets.llm.retrieval_collator.BiEncoderCollator", collator), rank)
+        ours = _batches("loaders.automodel.make_retrieval_dataset", {"data_dir_list": [str(tmp_path / "out")], **dataset}, tok,
+                        ("loaders.automodel.BiEncoderCollator", collator), rank)
+        _same_batches(ours, theirs)
+
+
+def test_retrieval_collator_refuses_other_prefixes(tmp_path, tokenizers):
+    corpus = write_inline(tmp_path / "raw")
+    prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", "retrieval", "--tokenizer", tokenizers["smollm2"],
+         "--query-prefix", "query:")
+    items = automodel.RetrievalDatasetConfig(data_dir_list=str(tmp_path / "out"), n_passages=2).build()
+    collate = automodel.BiEncoderCollator(_tok(tokenizers["smollm2"]), query_prefix="search_query:")
+    with pytest.raises(ValueError, match="query_prefix='search_query:'.*tokenized with 'query:'"):
+        collate([items[0]])
