@@ -19,9 +19,12 @@ train time beyond what `prep index` would cache. numpy + torch only: AutoModel i
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -119,20 +122,15 @@ def sample_counts(num_train, num_val, num_test, max_steps, global_batch_size, va
     return [train, val, num_test]
 
 
-def MegatronPretraining(paths, seq_length: int = 2048, tokenizer=None, micro_batch_size: int = 4, global_batch_size: int = 8,
-                        create_attention_mask: bool = False, seed: int = 1234, split: str = "900,50,50",
-                        index_mapping_dir: str | None = None, num_dataset_builder_threads: int = 1,
-                        num_train_samples: int | None = None, num_val_samples: int | None = None,
-                        num_test_samples: int | None = None, trainer_max_steps: int | None = None,
-                        trainer_val_check_interval: int = 1000, trainer_limit_val_batches: int | float = 1,
-                        trainer_limit_test_batches: int | float = 1, mmap_bin_files: bool = True,
-                        splits_to_build: str = "train", **unused) -> PretrainingSplit:
-    """The `splits_to_build` split of AutoModel's MegatronPretraining over prep outputs (folders or
-    manifests), Megatron prefixes, zipped weight lists, a dict of per-split lists, or a JSON file
-    of either. Sample counts come from the YAML (an external target gets no training schedule):
-    None is one epoch, as AutoModel derives the counts. `tokenizer` (AutoModel passes its own) gives the pad and EOS ids; the EOD id
-    comes from the manifests, else the tokenizer's EOS. Batch sizes and trainer limits matter only
-    for the sample counts (see `sample_counts`); the builder's threads and mmap options change nothing."""
+def megatron_split(paths, seq_length: int = 2048, tokenizer=None, micro_batch_size: int = 4, global_batch_size: int = 8,
+                   create_attention_mask: bool = False, seed: int = 1234, split: str = "900,50,50",
+                   index_mapping_dir: str | None = None, num_dataset_builder_threads: int = 1,
+                   num_train_samples: int | None = None, num_val_samples: int | None = None,
+                   num_test_samples: int | None = None, trainer_max_steps: int | None = None,
+                   trainer_val_check_interval: int = 1000, trainer_limit_val_batches: int | float = 1,
+                   trainer_limit_test_batches: int | float = 1, mmap_bin_files: bool = True,
+                   splits_to_build: str = "train", **unused) -> PretrainingSplit:
+    """The `splits_to_build` split of AutoModel's MegatronPretraining (see `MegatronPretraining`)."""
     if unused:
         raise TypeError(f"MegatronPretraining: unknown or unsupported argument(s) {sorted(unused)}")
     if not isinstance(splits_to_build, str) or splits_to_build not in ("train", "validation", "test"):
@@ -167,6 +165,76 @@ def MegatronPretraining(paths, seq_length: int = 2048, tokenizer=None, micro_bat
             raise
         dataset = build(eos_id)  # Megatron prefixes without a manifest: the tokenizer's EOS
     return PretrainingSplit(dataset, num_samples[split_index], pad_id, eos_id, create_attention_mask)
+
+
+@dataclass(eq=False)
+class MegatronPretraining(torch.utils.data.Dataset):
+    """AutoModel's `llm.megatron_dataset.MegatronPretraining` (and its typed config) over prep outputs
+    (folders or manifests), Megatron prefixes, zipped weight lists, a dict of per-split lists, or a
+    JSON file of either: the `splits_to_build` split, sample for sample.
+
+    As a YAML target it is what AutoModel resolves its own name to, a typed config that takes the
+    recipe's training schedule: the sample counts come from `step_scheduler` (max_steps x global
+    batch size, validation from val_every_steps) as AutoModel derives them, and the dataloader's
+    `dataloader_type: single | cyclic` (its Megatron sampler) works unchanged. Called directly it is
+    the dataset itself (indexable, AutoModel's `len()`), its counts from the arguments: None is one
+    epoch. `tokenizer` gives the pad and EOS ids; the EOD id comes from the manifests, else the
+    tokenizer's EOS. The builder's threads and mmap options change nothing here."""
+
+    accepts_tokenizer: ClassVar[bool] = True
+    requires_training_schedule: ClassVar[bool] = True
+
+    paths: Any
+    seq_length: int = 2048
+    tokenizer: Any = None
+    micro_batch_size: int | None = None
+    global_batch_size: int | None = None
+    create_attention_mask: bool = False
+    seed: int = 1234
+    split: Any = "900,50,50"
+    index_mapping_dir: str | None = None
+    num_dataset_builder_threads: int = 1
+    num_train_samples: int | None = None
+    num_val_samples: int | None = None
+    num_test_samples: int | None = None
+    trainer_max_steps: int | None = None
+    trainer_val_check_interval: int | None = None
+    trainer_limit_val_batches: int | float = 1
+    trainer_limit_test_batches: int | float = 1
+    mmap_bin_files: bool = True
+    splits_to_build: str = "train"
+    object_storage_config: Any = None
+
+    def __post_init__(self):
+        if self.object_storage_config is not None:
+            raise TypeError("MegatronPretraining: unsupported argument object_storage_config (prep's outputs are read "
+                            "from a file system; copy or mount them)")
+        if not isinstance(self.splits_to_build, str) or self.splits_to_build not in ("train", "validation", "test"):
+            raise ValueError(f"splits_to_build={self.splits_to_build!r}: name one split, train, validation or test")
+
+    def build(self, *, tokenizer=None, training_schedule=None) -> PretrainingSplit:
+        """The split, with the recipe's schedule (batch sizes, max_steps, val_every_steps) where the
+        arguments leave them unset."""
+        s = training_schedule
+        options = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "object_storage_config"}
+        options["tokenizer"] = tokenizer if tokenizer is not None else self.tokenizer
+        for name, scheduled, default in (("micro_batch_size", s and s.local_batch_size, 4),
+                                         ("global_batch_size", s and s.global_batch_size, 8),
+                                         ("trainer_max_steps", s and s.max_steps, None),
+                                         ("trainer_val_check_interval", s and s.val_check_interval, 1000)):
+            if options[name] is None:
+                options[name] = scheduled if scheduled is not None else default
+        return megatron_split(**options)
+
+    @functools.cached_property
+    def _split(self) -> PretrainingSplit:
+        return self.build()
+
+    def __len__(self) -> int:
+        return len(self._split)
+
+    def __getitem__(self, i: int) -> dict:
+        return self._split[i]
 
 
 class NanogptWindows(torch.utils.data.Dataset):

@@ -187,3 +187,48 @@ def test_retrieval_collator_refuses_other_prefixes(tmp_path, tokenizers):
     collate = automodel.BiEncoderCollator(_tok(tokenizers["smollm2"]), query_prefix="search_query:")
     with pytest.raises(ValueError, match="query_prefix='search_query:'.*tokenized with 'query:'"):
         collate([items[0]])
+
+
+def test_the_example_configs_build(tmp_path, tokenizers):
+    """examples/automodel's SQuAD, HellaSwag, retrieval and Megatron blocks, their paths pointed at
+    real outputs, resolve and build as AutoModel's recipes resolve them (the Megatron one with a
+    training schedule, the retrieval collator with the tokenizer) and give batches."""
+    import yaml
+    from nemo_automodel.components.datasets.utils import default_collater
+
+    from helpers import ROOT, botchan_documents
+
+    tok = _tok(tokenizers["gpt2"])
+    tok.pad_token = tok.eos_token
+    prep("tokenize", write_jsonl(tmp_path / "squad.jsonl", squad_rows(70)), "-o", tmp_path / "squad", "--recipe", "instruction",
+         "--preset", "squad", "--mask-convention", "automodel", "--tokenizer", tokenizers["gpt2"])
+    prep("tokenize", write_jsonl(tmp_path / "hs.jsonl", hellaswag_rows(10)), "-o", tmp_path / "hs", "--recipe", HELLASWAG,
+         "--mask-convention", "automodel", "--tokenizer", tokenizers["gpt2"])
+    prep("tokenize", write_inline(tmp_path / "retr-raw"), "-o", tmp_path / "retr", "--recipe", "retrieval", "--tokenizer",
+         tokenizers["gpt2"], "--query-prefix", "query:", "--passage-prefix", "passage:")
+    prep("tokenize", write_jsonl(tmp_path / "text.jsonl", botchan_documents(300)), "-o", tmp_path / "text",
+         "--tokenizer", tokenizers["gpt2"])
+    paths = {"squad_sft.yaml": ("dataset_name", tmp_path / "squad"), "hellaswag_sft.yaml": ("path_or_dataset", tmp_path / "hs"),
+             "retrieval_bi_encoder.yaml": ("data_dir_list", [str(tmp_path / "retr")]),
+             "megatron_pretrain_dataset.yaml": ("paths", tmp_path / "text")}
+    schedule = loader.DatasetBuildSchedule(local_batch_size=2, global_batch_size=4, max_steps=20, val_check_interval=10)
+    for name, (key, out) in paths.items():
+        config = yaml.safe_load((ROOT / "examples" / "automodel" / name).read_text())
+        for block, loader_block in (("dataset", "dataloader"), ("validation_dataset", "validation_dataloader")):
+            if block not in config:
+                continue
+            kwargs = {k: v for k, v in config[block].items() if k != "_target_"}
+            kwargs[key] = out if isinstance(out, list) else str(out)
+            if key == "paths":
+                kwargs["index_mapping_dir"] = str(tmp_path / "cache")
+            dataset_config = loader.make_dataset_config(config[block]["_target_"], kwargs)
+            if getattr(dataset_config, "requires_training_schedule", False):
+                built = dataset_config.build(tokenizer=tok, training_schedule=schedule)
+                assert len(built) == (80 if block == "dataset" else kwargs["num_val_samples"])  # train: max_steps x gbs
+            else:
+                built = dataset_config.build(tokenizer=tok)
+            collate = (config.get(loader_block) or {}).get("collate_fn")
+            fn = loader.make_collate_fn(collate["_target_"], {k: v for k, v in collate.items() if k != "_target_"}) if collate else None
+            fn = fn.build(tokenizer=tok) if isinstance(fn, loader.CollatorConfig) else fn or default_collater
+            batch = fn([built[0], built[1]])
+            assert any(k in batch for k in ("input_ids", "q_input_ids")), (name, block)

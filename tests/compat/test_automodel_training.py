@@ -75,20 +75,19 @@ def test_chat_sft_losses_equal_automodels(tmp_path):
     assert theirs["losses"][0] != theirs["losses"][-1]  # it trained
 
 
-def test_pretraining_losses_equal_automodels(tmp_path):
-    """AutoModel's MegatronPretraining (its sample counts from the training schedule) against
-    loaders.automodel.MegatronPretraining over the same prep output (the counts from the YAML)."""
+@pytest.mark.parametrize("sampler", ["single", "cyclic"])
+def test_pretraining_losses_equal_automodels(tmp_path, sampler):
+    """AutoModel's MegatronPretraining against loaders.automodel.MegatronPretraining over the same
+    prep output, the rest of the config (its Megatron sampler, `dataloader_type: single`) unchanged:
+    both take their sample counts from the recipe's training schedule."""
     corpus = write_jsonl(tmp_path / "text.jsonl", botchan_documents(300, seed=4))
     prep("tokenize", corpus, "-o", tmp_path / "text", "--tokenizer", TOKENIZER)
     prefix = dataset_prefixes(load(tmp_path / "text"), "text")[0]
     common = {"seq_length": 128, "seed": 1234, "split": "99,1,0", "splits_to_build": "train"}
-    collate = {"collate_fn": "torch.utils.data.default_collate"}
+    loader = {"collate_fn": "torch.utils.data.default_collate", "dataloader_type": sampler}
     theirs = _train(tmp_path, "theirs", _config(tmp_path, {
         "_target_": "nemo_automodel.components.datasets.llm.megatron_dataset.MegatronPretraining",
-        "paths": str(prefix), "index_mapping_dir": str(tmp_path / "am-cache"), **common}, {**collate, "dataloader_type": "single"}))
-    # AutoModel takes dataloader_type only for its own Megatron config; its "single" sampler reads
-    # the samples in order, as the default sampler does with shuffle off
-    ours = _train(tmp_path, "ours", _config(tmp_path, {
-        "_target_": "loaders.automodel.MegatronPretraining", "paths": str(tmp_path / "text"),
-        "num_train_samples": STEPS * 4, **common}, {**collate, "shuffle": False}))
+        "paths": str(prefix), "index_mapping_dir": str(tmp_path / "am-cache"), **common}, loader))
+    ours = _train(tmp_path, "ours", _config(tmp_path, {  # the sample counts from the schedule, as AutoModel's
+        "_target_": "loaders.automodel.MegatronPretraining", "paths": str(tmp_path / "text"), **common}, loader))
     assert ours == theirs
