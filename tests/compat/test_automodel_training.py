@@ -91,3 +91,18 @@ def test_pretraining_losses_equal_automodels(tmp_path, sampler):
     ours = _train(tmp_path, "ours", _config(tmp_path, {  # the sample counts from the schedule, as AutoModel's
         "_target_": "loaders.automodel.MegatronPretraining", "paths": str(tmp_path / "text"), **common}, loader))
     assert ours == theirs
+
+
+def test_nanogpt_pretraining_losses_equal_automodels(tmp_path):
+    """AutoModel's NanogptDataset (an iterable over the shards) against loaders.automodel's
+    map-style NanogptDataset over the same prep shards, both read in order (shuffle off)."""
+    corpus = write_jsonl(tmp_path / "text.jsonl", botchan_documents(200, seed=5))
+    prep("tokenize", corpus, "-o", tmp_path / "nano", "--tokenizer", TOKENIZER, "--format", "nanogpt", "--shard-tokens", "8k")
+    bos = load(tmp_path / "nano")["tokenizer"]["bos_id"]
+    loader = {"collate_fn": {"_target_": "nemo_automodel.components.datasets.utils.default_collater"}, "shuffle": False}
+    common = {"seq_len": 96, "bos_token": bos}
+    theirs = _train(tmp_path, "theirs", _config(tmp_path, {"_target_": "nemo_automodel.components.datasets.llm.nanogpt_dataset.NanogptDataset",
+                                                           "file_pattern": str(tmp_path / "nano" / "text_*.bin"), **common}, loader))
+    ours = _train(tmp_path, "ours", _config(tmp_path, {"_target_": "loaders.automodel.NanogptDataset",
+                                                       "file_pattern": str(tmp_path / "nano"), **common}, loader))
+    assert ours == theirs
