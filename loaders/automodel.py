@@ -71,12 +71,13 @@ def _trailing_pad(sequence: torch.Tensor, pad: int | None, eos: int | None) -> t
 
 
 class PretrainingSplit(torch.utils.data.Dataset):
-    """One split of a GPT blend with AutoModel's items and `len()` (capped at the samples asked for)."""
+    """One split of a GPT blend with AutoModel's items and `len()`: capped at the samples asked for,
+    except that a blend is as long as Megatron's builder makes it (each dataset's share rounded up)."""
 
     def __init__(self, dataset: GPTDataset, num_samples: int | None, pad_id: int | None, eos_id: int | None,
                  create_attention_mask: bool):
         self.dataset, self.pad_id, self.eos_id, self.create_attention_mask = dataset, pad_id, eos_id, create_attention_mask
-        self.length = len(dataset) if num_samples is None else min(num_samples, len(dataset))
+        self.length = len(dataset) if num_samples is None or dataset.blended else min(num_samples, len(dataset))
 
     def __len__(self) -> int:
         return self.length

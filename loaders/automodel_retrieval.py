@@ -34,7 +34,10 @@ class BiEncoderItems(torch.utils.data.Dataset):
                  negative_sampling: str, seed: int):
         self.parts = []
         for source in outputs:
-            r = manifest_mod.load(source)["retrieval"]
+            m = manifest_mod.load(source)
+            if "retrieval" not in m:
+                raise ValueError(f"{source}: not a retrieval output (prep tokenize --recipe retrieval); datasets {sorted(m['datasets'])}")
+            r = m["retrieval"]
             self.parts.append(RetrievalDataset(source, negatives, r["query_max_length"] or UNBOUNDED,
                                                r["doc_max_length"] or UNBOUNDED, negative_sampling, seed, cycle_positive_docs))
         self.meta = [self._meta(part) for part in self.parts]
@@ -116,6 +119,8 @@ class RetrievalDatasetConfig:
             negatives = self.eval_negative_size
         items = BiEncoderItems(_outputs(self.data_dir_list), negatives, None,
                                self.cycle_positive_docs and self.data_type == "train", self.negative_sampling, self.seed)
+        for part in items.parts:
+            manifest_mod.check_tokenizer(part.manifest, tokenizer)
         for meta in items.meta:
             if meta["use_dataset_instruction"] != bool(self.use_dataset_instruction):
                 raise ValueError(f"use_dataset_instruction={self.use_dataset_instruction}: {meta['source']} was tokenized "

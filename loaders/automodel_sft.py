@@ -45,13 +45,15 @@ def pad_and_eos(tokenizer, special_ids: dict) -> tuple[int | None, int | None]:
 
 
 def package(ids: np.ndarray, mask: np.ndarray, pad: int | None, eos: int | None, seq_length: int | None,
-            padding, truncation, unshifted: bool) -> dict:
-    """One sample as AutoModel packages it, after its tokenizer's truncation and padding."""
+            padding, truncation, unshifted: bool, max_length: int | None = None) -> dict:
+    """One sample as AutoModel packages it, after its tokenizer's truncation and padding (to
+    `seq_length`, else to the tokenizer's `max_length`, as HF tokenizers do without a length)."""
     ids, mask = ids.tolist(), mask.tolist()
-    if seq_length and truncation not in (False, None, "do_not_truncate") and len(ids) > seq_length:
-        ids, mask = ids[:seq_length], mask[:seq_length]
-    if seq_length and padding == "max_length" and len(ids) < seq_length:
-        ids, mask = ids + [pad] * (seq_length - len(ids)), mask + [0] * (seq_length - len(ids))
+    limit = seq_length or max_length
+    if limit and truncation not in (False, None, "do_not_truncate") and len(ids) > limit:
+        ids, mask = ids[:limit], mask[:limit]
+    if limit and padding == "max_length" and len(ids) < limit:
+        ids, mask = ids + [pad] * (limit - len(ids)), mask + [0] * (limit - len(ids))
     content = len(ids)
     if pad is not None and content:
         end = content
@@ -122,6 +124,7 @@ class SFTItems(torch.utils.data.Dataset):
                 field, option = DECIDED[name]
                 raise ValueError(f"{name}={value}: {path} was tokenized {'without' if value else 'with'} {option}; "
                                  f"it decides this offline (rerun prep tokenize {'with' if value else 'without'} it)")
+        manifest_mod.check_tokenizer(m, tokenizer)
         root = Path(m["_dir"])
         self.tokens = [IndexedDataset(root / s["prefix"]) for s in m["datasets"]["tokens"]["shards"]]
         self.masks = [IndexedDataset(root / s["prefix"]) for s in m["datasets"]["loss_mask"]["shards"]]
@@ -129,7 +132,11 @@ class SFTItems(torch.utils.data.Dataset):
         self.shard_starts = np.concatenate([[0], np.cumsum(counts)])
         self.rows = _rows(split, int(self.shard_starts[-1]))
         self.pad, self.eos = pad_and_eos(tokenizer, m["tokenizer"].get("special_ids", {}))
-        self.options = dict(seq_length=seq_length, padding=padding, truncation=truncation, unshifted=unshifted)
+        # the tokenizer's own limit where AutoModel asks it to pad or truncate without a length
+        limit = getattr(tokenizer, "model_max_length", None)
+        max_length = limit if seq_length is None and isinstance(limit, int) and limit < 10**12 else None
+        self.options = dict(seq_length=seq_length, padding=padding, truncation=truncation, unshifted=unshifted,
+                            max_length=max_length)
         self.manifest = m
 
     def __len__(self) -> int:

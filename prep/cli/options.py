@@ -30,6 +30,12 @@ def load_config_file(ctx: click.Context, param, value):
         if unknown:
             raise click.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
         multiple = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+        for key, v in list(data.items()):
+            param = next(p for p in ctx.command.params if p.name == names[key.replace("-", "_")])
+            if isinstance(v, dict):  # `columns: {context: input}` means --columns context=input, as in a pipeline file
+                data[key] = ",".join(f"{k}={x}" for k, x in v.items())
+            elif isinstance(v, list) and param.name not in multiple and getattr(param, "nargs", 1) == 1:
+                raise click.BadParameter(f"{value}: {key}: expected one value, got a list")
         defaults = {names[k.replace("-", "_")]: v for k, v in data.items()}
         # `text-key: title` means [title], as `--text-key title` does
         defaults = {k: [v] if k in multiple and not isinstance(v, list) else v for k, v in defaults.items()}

@@ -57,6 +57,10 @@ def resolve(spec: str):
     found = getattr(module, attribute, None)
     if found is None or not callable(found):
         raise PrepError(f"--recipe {spec}: {where} has no callable {attribute!r}")
+    if isinstance(found, type) and hasattr(found, "get_context") != hasattr(found, "get_target"):
+        missing = "get_target" if hasattr(found, "get_context") else "get_context"
+        raise PrepError(f"--recipe {spec}: the class has {'get_context' if missing == 'get_target' else 'get_target'} "
+                        f"but no {missing} (AutoModel's custom dataset pattern needs both)")
     return found
 
 

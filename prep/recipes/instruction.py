@@ -27,8 +27,12 @@ def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, li
     values = {}
     for role, column in columns.items():
         value = record.get(column)
-        if preset == "squad" and role == "answer" and isinstance(value, dict) and isinstance(value.get("text"), list):
-            value = value["text"][0].strip() if value["text"] else ""
+        if preset == "squad" and role == "answer" and isinstance(value, dict):
+            texts = value.get("text")
+            if not isinstance(texts, list) or (texts and not isinstance(texts[0], str)):
+                raise BadConversation(f"column {column!r}: expected SQuAD's answers {{\"text\": [strings, ...]}}, "
+                                      f"got text {type(texts).__name__ if not isinstance(texts, list) else 'of ' + type(texts[0]).__name__}")
+            value = texts[0].strip() if texts else ""
         if value is not None and not isinstance(value, str):
             raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
         values[role] = value

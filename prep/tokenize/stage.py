@@ -70,6 +70,26 @@ def chat_template_of(config: TokenizeConfig, spec) -> str | None:
     return template
 
 
+# options that only some recipes read: option -> (the recipes, its flag); set for another, an error
+RECIPE_OPTIONS = {
+    "query_prefix": (("retrieval",), "--query-prefix"), "passage_prefix": (("retrieval",), "--passage-prefix"),
+    "use_dataset_instruction": (("retrieval",), "--use-dataset-instruction"),
+    "query_max_length": (("retrieval",), "--query-max-length"), "doc_max_length": (("retrieval",), "--doc-max-length"),
+    "chat_template": (("chat", "instruction", "completion"), "--chat-template"),
+    "use_chat_template": (("instruction", "completion"), "--use-chat-template"),
+    "preset": (("instruction",), "--preset"),
+    "mask_reasoning": (("chat",), "--mask-reasoning"), "last_turn_only": (("chat",), "--last-turn-only"),
+}
+
+
+def _check_applies(config: TokenizeConfig, feeds: str) -> None:
+    """An option set for a recipe that does not read it is a mistake worth one line, not a silent no-op."""
+    defaults = TokenizeConfig.__dataclass_fields__
+    for name, (takers, flag) in RECIPE_OPTIONS.items():
+        if getattr(config, name) != defaults[name].default and feeds not in takers:
+            raise PrepError(f"{flag} is for --recipe {' or '.join(takers)}, not --recipe {config.recipe}")
+
+
 def encoding_job(config: TokenizeConfig, spec, dtype: str, chat_template: str | None, base: str | None, recipe_job: dict) -> dict:
     """What a recipe and the workers read of a job: how records become tokens (also `verify --resample`'s)."""
     return {"config": config.to_dict(), "keys": config.keys, "dtype": dtype, "eod_id": spec.eod_id if config.eod else None,
@@ -99,6 +119,7 @@ class TokenizeStage(Stage):
         feeds = base or config.recipe  # a user's callable feeds a built-in recipe
         if config.mask_convention != "prep" and (feeds not in ("chat", "instruction", "completion") or config.mask_reasoning):
             raise PrepError("--mask-convention automodel is for --recipe chat (without --mask-reasoning), instruction or completion")
+        _check_applies(config, feeds)
         if config.per_turn and config.mask_convention != "prep":
             raise PrepError("--per-turn is prep's convention (AutoModel has no per-turn samples); drop --mask-convention automodel")
         if config.per_turn and feeds != "chat":

@@ -74,13 +74,16 @@ def test_megatron_pretraining_equals_automodels_sample_for_sample(outputs, token
     _assert_same(ours, theirs, nonempty=not (split_name == "validation" and counts == dict(num_train_samples=300)))
 
 
-def test_a_weighted_blend_and_per_split_paths_equal_automodels(outputs, tokenizer, tmp_path, process_group):
+@pytest.mark.parametrize("train,val", [(400, 50), (401, 51)])  # 0.3 x 401: a blend's shares round up, its length too
+def test_a_weighted_blend_and_per_split_paths_equal_automodels(outputs, tokenizer, tmp_path, process_group, train, val):
     a, b = outputs
     pa, pb = dataset_prefixes(load(a))[0], dataset_prefixes(load(b))[0]
-    options = dict(seq_length=48, seed=11, tokenizer=tokenizer, num_train_samples=400, num_val_samples=50)
+    options = dict(seq_length=48, seed=11, tokenizer=tokenizer, num_train_samples=train, num_val_samples=val)
     zipped = ["30", pa, "70", pb]
-    _assert_same(automodel.MegatronPretraining(paths=zipped, split="95,5,0", index_mapping_dir=str(tmp_path / "o1"), **options),
-                 _automodel(tmp_path, zipped, "train", split="95,5,0", **options))
+    for name in ("train", "validation"):
+        _assert_same(automodel.MegatronPretraining(paths=zipped, split="95,5,0", splits_to_build=name,
+                                                   index_mapping_dir=str(tmp_path / "o1"), **options),
+                     _automodel(tmp_path, zipped, name, split="95,5,0", **options))
     per_split = {"train": ["40", pa, "60", pb], "validation": [pb]}
     for name in ("train", "validation"):
         ours = automodel.MegatronPretraining(paths=per_split, splits_to_build=name, index_mapping_dir=str(tmp_path / "o2"), **options)

@@ -232,3 +232,39 @@ def test_the_example_configs_build(tmp_path, tokenizers):
             fn = fn.build(tokenizer=tok) if isinstance(fn, loader.CollatorConfig) else fn or default_collater
             batch = fn([built[0], built[1]])
             assert any(k in batch for k in ("input_ids", "q_input_ids")), (name, block)
+
+
+def test_mistakes_are_one_clear_error(tmp_path, tokenizers):
+    """SQuAD answers of another shape are a bad record (path:line, exit 2); a loader given another
+    tokenizer than the output's, or an output of another kind, says so."""
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{**squad_rows(1)[0], "answers": {"text": [5], "answer_start": [0]}}])
+    result = prep("tokenize", bad, "-o", tmp_path / "bad", "--recipe", "instruction", "--preset", "squad",
+                  "--tokenizer", tokenizers["gpt2"], check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}:1: column 'answers': expected SQuAD's answers {{\"text\": [strings, ...]}}, got text of int")
+    raw = write_jsonl(tmp_path / "squad.jsonl", squad_rows(6))
+    prep("tokenize", raw, "-o", tmp_path / "out", "--recipe", "instruction", "--preset", "squad", "--mask-convention", "automodel",
+         "--tokenizer", tokenizers["gpt2"])
+    with pytest.raises(ValueError, match=r"was tokenized with .*gpt2 \(50,257 tokens\); the tokenizer has 49,152"):
+        automodel.make_squad_dataset(_tok(tokenizers["smollm2"]), dataset_name=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="not a retrieval output"):
+        automodel.RetrievalDatasetConfig(data_dir_list=str(tmp_path / "out")).build()
+    with pytest.raises(ValueError, match="not a prep manifest"):
+        automodel.RetrievalDatasetConfig(data_dir_list=str(raw)).build()
+
+
+def test_padding_to_the_tokenizers_limit_without_a_length_is_automodels(tmp_path, tokenizers):
+    """padding: max_length without seq_length pads (and truncation cuts) to the tokenizer's
+    model_max_length, as HF tokenizers do inside AutoModel's datasets."""
+    from nemo_automodel.components.datasets.llm.squad import make_squad_dataset
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_jsonl(raw / "train.jsonl", squad_rows(6))
+    prep("tokenize", raw / "train.jsonl", "-o", tmp_path / "out", "--recipe", "instruction", "--preset", "squad",
+         "--mask-convention", "automodel", "--tokenizer", tokenizers["gpt2"])
+    tok = _tok(tokenizers["gpt2"])
+    theirs = make_squad_dataset(tok, dataset_name=str(raw), padding="max_length", truncation=True)
+    ours = automodel.make_squad_dataset(tok, dataset_name=str(tmp_path / "out"), padding="max_length", truncation=True)
+    assert [ours[i] for i in range(len(ours))] == [dict(theirs[i]) for i in range(len(theirs))]
+    assert len(ours[0]["input_ids"]) == tok.model_max_length - 1

@@ -132,6 +132,12 @@ def test_unreadable_parquet_stops_the_run_with_one_line(tmp_path):
     (["README.md"], "unknown input type"),
     (["examples/sample.jsonl", "--max-length", "10"], "--max-length is for the SFT recipes"),
     (["examples/sample.jsonl", "--format", "nanogpt", "--shard-tokens", "3G"], "a NanoGPT shard holds at most 2^31-1"),
+    # an option the recipe does not read is a mistake, not a silent no-op
+    (["examples/sample.jsonl", "--query-prefix", "q:"], "--query-prefix is for --recipe retrieval, not --recipe text"),
+    (["examples/sample.jsonl", "--recipe", "instruction", "--columns", "answer=text", "--last-turn-only"],
+     "--last-turn-only is for --recipe chat, not --recipe instruction"),
+    (["examples/sample.jsonl", "--recipe", "completion", "--columns", "answer=text", "--preset", "squad"],
+     "--preset is for --recipe instruction, not --recipe completion"),
 ])
 def test_bad_arguments_give_one_line(tmp_path, args, message):
     result = _tokenize(*args, "-o", tmp_path / "out")
@@ -148,3 +154,17 @@ def test_commands_on_a_folder_that_is_no_prep_output_give_one_line(tmp_path, com
     result = prep(command, tmp_path, check=False)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) <= 2 and "Traceback" not in result.stderr
     assert not (tmp_path / ".prep").exists()
+
+
+def test_a_config_file_value_of_the_wrong_shape_gives_one_line(tmp_path):
+    """A list where an option takes one value is refused (not written into the data as "[1, 2]");
+    a mapping for --columns means role=column pairs, as in a pipeline file."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"recipe: retrieval\ntokenizer: {TOKENIZERS / 'gpt2'}\nquery_prefix: [1, 2]\n")
+    result = _tokenize("examples/sample.jsonl", "--config", bad, "-o", tmp_path / "out")
+    assert result.returncode == 2 and "query_prefix: expected one value, got a list" in result.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text(f"recipe: instruction\ntokenizer: {TOKENIZERS / 'gpt2'}\ncolumns: {{context: text, answer: text}}\n")
+    done = _tokenize("examples/sample.jsonl", "--config", good, "-o", tmp_path / "cols")
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cols" / "manifest.json").read_text())["config"]["columns"] == {"context": "text", "answer": "text"}

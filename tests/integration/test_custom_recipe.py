@@ -112,3 +112,14 @@ def test_a_recipe_that_cannot_be_found_is_one_line(tmp_path, module, spec, reaso
     result = prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", spec, "--tokenizer", TOKENIZERS / "gpt2", check=False)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: --recipe {spec}: ") and reason in lines[0], lines
+
+
+def test_a_class_with_only_one_of_get_context_get_target_is_one_line(tmp_path):
+    module = tmp_path / "half.py"
+    module.write_text("class OnlyContext:\n    def get_context(self, examples):\n        return examples['ctx']\n")
+    corpus = write_jsonl(tmp_path / "raw.jsonl", ROWS[:3])
+    result = prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", f"{module}:OnlyContext",
+                  "--tokenizer", TOKENIZERS / "gpt2", check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --recipe {module}:OnlyContext: the class has get_context but no get_target "
+        "(AutoModel's custom dataset pattern needs both)"]
