@@ -57,17 +57,21 @@ def _blend(paths) -> tuple[list[str], list[float] | None]:
     return paths[1::2], (weights if len(paths) > 2 else None)
 
 
-def _trailing_pad(sequence: torch.Tensor, pad: int | None, eos: int | None) -> torch.Tensor:
+def _trailing_pad(sequence: np.ndarray, pad: int | None, eos: int | None) -> np.ndarray | None:
     """AutoModel's right-trailing pad mask (formatting_utils._get_right_trailing_pad_mask): the
-    pad id's positions; when pad == eos, the trailing run of that id after its first (the real EOS)."""
+    pad id's positions; when pad == eos, the trailing run of that id after its first (the real EOS).
+    None when nothing is masked."""
     if pad is None:
-        return torch.zeros(sequence.shape, dtype=torch.bool)
+        return None
     if pad != eos:
-        return sequence == pad
-    mask = torch.zeros(sequence.shape, dtype=torch.bool)
-    content = (sequence != pad).nonzero(as_tuple=True)[0]
+        mask = sequence == pad
+        return mask if mask.any() else None
+    if len(sequence) == 0 or sequence[-1] != pad:  # the common case: no trailing run at all
+        return None
+    content = np.flatnonzero(sequence != pad)
+    mask = np.zeros(len(sequence), bool)
     mask[(int(content[-1]) + 2) if len(content) else 1:] = True
-    return mask
+    return mask if mask.any() else None
 
 
 class PretrainingSplit(torch.utils.data.Dataset):
@@ -84,17 +88,25 @@ class PretrainingSplit(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = self.dataset[i]
-        tokens, labels = item["tokens"].long().clone(), item["labels"].long().clone()
-        attention_mask, loss_mask, _ = masks_and_position_ids(tokens, -10000, create_attention_mask=self.create_attention_mask)
+        tokens, labels = item["tokens"].numpy().astype(np.int64), item["labels"].numpy().astype(np.int64)  # copies
+        loss_mask = np.ones(len(labels), np.float32)
         tokens_pad, labels_pad = _trailing_pad(tokens, self.pad_id, self.eos_id), _trailing_pad(labels, self.pad_id, self.eos_id)
-        loss_mask[labels_pad] = 0.0
-        tokens[tokens_pad] = 0
-        labels[labels_pad] = 0
-        # a blend's items say their dataset first, as a numpy int16 like AutoModel's BlendedDataset
-        blend = {"dataset_id": np.int16(int(item["dataset_id"]))} if "dataset_id" in item else {}
+        if labels_pad is not None:
+            loss_mask[labels_pad] = 0.0
+            labels[labels_pad] = 0
+        if tokens_pad is not None:
+            tokens[tokens_pad] = 0
+            # AutoModel's tokens and labels are views of one sample (text[:-1], text[1:]): zeroing a
+            # token zeroes the label before it too (its loss mask left as it is)
+            shifted = np.flatnonzero(tokens_pad)
+            labels[shifted[shifted >= 1] - 1] = 0
+        out = {"input_ids": torch.from_numpy(tokens), "labels": torch.from_numpy(labels), "loss_mask": torch.from_numpy(loss_mask)}
         if self.create_attention_mask:
-            return {**blend, "input_ids": tokens, "labels": labels, "attention_mask": attention_mask, "loss_mask": loss_mask}
-        return {**blend, "input_ids": tokens, "labels": labels, "loss_mask": loss_mask}
+            attention_mask, _, _ = masks_and_position_ids(out["input_ids"], -10000)
+            out = {"input_ids": out["input_ids"], "labels": out["labels"], "attention_mask": attention_mask,
+                   "loss_mask": out["loss_mask"]}
+        # a blend's items say their dataset first, as a numpy int16 like AutoModel's BlendedDataset
+        return {"dataset_id": np.int16(int(item["dataset_id"])), **out} if "dataset_id" in item else out
 
 
 def sample_counts(num_train, num_val, num_test, max_steps, global_batch_size, val_check_interval, limit_val_batches,

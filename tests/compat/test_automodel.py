@@ -148,3 +148,36 @@ def test_a_yaml_dataset_block_through_automodels_loader_gives_automodels_batches
             assert list(got) == list(want)
             for key in want:
                 assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+def test_pad_equal_to_eos_masks_the_trailing_run_as_automodels(tmp_path, process_group):
+    """SmolLM2's pad id is its EOS: AutoModel masks a trailing run of it after the first (texts
+    ending in that token, then the EOD, make such runs), in input_ids, labels and loss_mask, and
+    the zeroed input id zeroes the label before it too (the two are views of one array)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(TOKENIZERS / "smollm2-135m-instruct"))
+    assert tok.pad_token_id == tok.eos_token_id
+    docs = botchan_documents(200, seed=8)
+    docs = [{"text": d["text"][: 20 + i % 50] + ("<|im_end|>" if i % 3 == 0 else "")} for i, d in enumerate(docs)]
+    out = tmp_path / "text"
+    prep("tokenize", write_jsonl(tmp_path / "d.jsonl", docs), "-o", out, "--tokenizer", TOKENIZERS / "smollm2-135m-instruct")
+    options = dict(seq_length=16, seed=5, tokenizer=tok, num_train_samples=300, split="1,0,0")
+    ours = automodel.MegatronPretraining(paths=str(out), index_mapping_dir=str(tmp_path / "ours"), **options)
+    theirs = _automodel(tmp_path, dataset_prefixes(load(out))[0], "train", **options)
+    assert type(theirs).__name__ == "GPTDataset" and theirs.masks_and_position_ids_are_cacheable
+
+    class Alone:
+        """AutoModel's items each computed alone: its GPTDataset caches one loss-mask tensor and
+        zeroes the pad positions in it in place, so without this every later item would also lose
+        the loss where any earlier one was padded (an AutoModel bug the README names)."""
+
+        def __len__(self):
+            return len(theirs)
+
+        def __getitem__(self, i):
+            theirs.masks_and_position_ids_are_cached = False
+            return theirs[i]
+
+    _assert_same(ours, Alone())
+    assert any((ours[i]["loss_mask"] == 0).any() for i in range(len(ours)))  # the masking was exercised
