@@ -178,7 +178,7 @@ class SingleTurnItems(SFTItems):
 
 
 def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncation, unshifted, split, unused: dict,
-         **decided) -> SFTItems:
+         prepacked: bool = False, packed_sequence_size: int | None = None, **decided):
     refused = sorted(k for k in unused if k in TOKENIZE_TIME and unused[k] not in (None, False)
                      and not (k == "answer_only_loss_mask" and unused[k] is True))  # prep's masks are answer-only
     if refused:
@@ -189,27 +189,39 @@ def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncatio
         raise TypeError(f"{target}: unknown or unsupported argument(s) {unknown}")
     if path is None:
         raise TypeError(f"{target}: name the prep output with path_or_dataset_id (or path)")
-    return SFTItems(path, tokenizer, seq_length, padding, truncation, unshifted, split, what, **decided)
+    items = SFTItems(path, tokenizer, seq_length, padding, truncation, unshifted, split, what, **decided)
+    if not prepacked:
+        return items
+    from loaders.automodel_packed import PrepackedItems
+
+    return PrepackedItems(items, packed_sequence_size)
 
 
 def ChatDataset(path_or_dataset_id=None, tokenizer=None, *, path=None, split: str | None = None, seq_length: int | None = None,
                 padding="do_not_pad", truncation="do_not_truncate", mask_history: bool | None = None,
-                mask_reasoning_content: bool | None = None, unshifted: bool = False, **unused) -> SFTItems:
+                mask_reasoning_content: bool | None = None, unshifted: bool = False, prepacked: bool = False,
+                packed_sequence_size: int | None = None, **unused):
     """AutoModel's `llm.chat_dataset.ChatDataset` over prep's offline chat output (`path`: the
     output folder or its manifest). Items as AutoModel's: `input_ids`, `labels`, `attention_mask`
     (or `loss_mask` with `unshifted`). `mask_history` / `mask_reasoning_content` must agree with
-    how prep tokenized (`--last-turn-only`, `--mask-reasoning`); the template's options are prep's."""
+    how prep tokenized (`--last-turn-only`, `--mask-reasoning`); the template's options are prep's.
+    `prepacked: true` over an output made with `--pack N`: prep's packs as AutoModel's THD packed
+    items (`loaders.automodel_packed`), for `packed_sequence: {prepacked: true}`."""
     return _sft("loaders.automodel.ChatDataset", "chat", path_or_dataset_id or path, tokenizer, seq_length, padding, truncation,
-                unshifted, split, unused, mask_history=mask_history, mask_reasoning_content=mask_reasoning_content)
+                unshifted, split, unused, prepacked, packed_sequence_size, mask_history=mask_history,
+                mask_reasoning_content=mask_reasoning_content)
 
 
 def ColumnMappedTextInstructionDataset(path_or_dataset_id=None, tokenizer=None, *, path=None, split: str | None = None,
                                        seq_length: int | None = None, padding="do_not_pad", truncation="do_not_truncate",
-                                       unshifted: bool = False, use_hf_chat_template: bool | None = None, **unused) -> SFTItems:
+                                       unshifted: bool = False, use_hf_chat_template: bool | None = None,
+                                       prepacked: bool = False, packed_sequence_size: int | None = None, **unused):
     """AutoModel's `llm.column_mapped_text_instruction_dataset.ColumnMappedTextInstructionDataset`
-    over prep's offline instruction output (its columns and prompt were prep's `--columns`)."""
+    over prep's offline instruction output (its columns and prompt were prep's `--columns`);
+    `prepacked` as ChatDataset's."""
     return _sft("loaders.automodel.ColumnMappedTextInstructionDataset", "instruction", path_or_dataset_id or path, tokenizer,
-                seq_length, padding, truncation, unshifted, split, unused, use_hf_chat_template=use_hf_chat_template)
+                seq_length, padding, truncation, unshifted, split, unused, prepacked, packed_sequence_size,
+                use_hf_chat_template=use_hf_chat_template)
 
 
 def HellaSwag(path_or_dataset=None, tokenizer=None, split: str = "train", num_samples_limit: int | None = None,

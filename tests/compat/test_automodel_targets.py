@@ -268,3 +268,47 @@ def test_padding_to_the_tokenizers_limit_without_a_length_is_automodels(tmp_path
     ours = automodel.make_squad_dataset(tok, dataset_name=str(tmp_path / "out"), padding="max_length", truncation=True)
     assert [ours[i] for i in range(len(ours))] == [dict(theirs[i]) for i in range(len(theirs))]
     assert len(ours[0]["input_ids"]) == tok.model_max_length - 1
+
+
+def test_prepacked_packs_are_automodels_packs_of_the_same_samples(tmp_path, tokenizers):
+    """An output made with --pack read with prepacked: each of prep's packs equals what AutoModel's
+    pack_dataset makes of that pack's samples (read as AutoModel's items), and the packs go through
+    AutoModel's DataloaderConfig with prepacked packing and its THD collater on two ranks."""
+    import yaml
+    from nemo_automodel.components.datasets.llm.packed_sequence import pack_dataset
+    from nemo_automodel.components.datasets.utils import packed_sequence_thd_collater
+
+    from chat_cases import conversations
+    from helpers import ROOT
+
+    corpus = write_jsonl(tmp_path / "chat.jsonl", conversations({"system": True}, 60, seed=9))
+    prep("tokenize", corpus, "-o", tmp_path / "packed", "--recipe", "chat", "--tokenizer", tokenizers["smollm2"],
+         "--mask-convention", "automodel", "--pack", "512")
+    tok = _tok(tokenizers["smollm2"])
+    samples = automodel.ChatDataset(str(tmp_path / "packed"), tokenizer=tok)
+    packs = automodel.ChatDataset(str(tmp_path / "packed"), tokenizer=tok, prepacked=True)
+    assert 1 < len(packs) < len(samples)
+    seen = 0
+    for i in range(len(packs)):
+        n = len(packs[i]["seq_lens"])
+        theirs = pack_dataset([samples[k] for k in range(seen, seen + n)], split=None, packed_sequence_size=512,
+                              padding_idx=tok.pad_token_id)
+        assert len(theirs) == 1 and packs[i] == dict(theirs[0]), i
+        seen += n
+    assert seen == len(samples)
+    # the example config's blocks, its path and pack size pointed at this output
+    example = yaml.safe_load((ROOT / "examples" / "automodel" / "chat_sft_prepacked.yaml").read_text())
+    dataset = {k: v for k, v in example["dataset"].items() if k != "_target_"} | {"path_or_dataset_id": str(tmp_path / "packed")}
+    assert example["dataloader"]["collate_fn"] == "nemo_automodel.components.datasets.utils.packed_sequence_thd_collater"
+    config = loader.DataloaderConfig(
+        dataset_config=loader.make_dataset_config(example["dataset"]["_target_"], dataset),
+        packing=loader.make_packing_config("thd", example["packed_sequence"] | {"packed_sequence_size": 512}),
+        batch_size=2, shuffle=True, seed=3, collate_fn=packed_sequence_thd_collater)
+    batches = [b for rank in (0, 1) for b in config.build(dp_rank=rank, dp_world_size=2, tokenizer=tok)]
+    assert sum(len(b["input_ids"]) for b in batches) == len(packs) // 2 * 2  # every pack once (the sampler evens the ranks)
+    assert all(b["qkv_format"] == "thd" and b["input_ids"].shape == b["labels"].shape and b["input_ids"].shape[1] == 512
+               for b in batches)
+    prep("tokenize", corpus, "-o", tmp_path / "plain", "--recipe", "chat", "--tokenizer", tokenizers["smollm2"],
+         "--mask-convention", "automodel")
+    with pytest.raises(ValueError, match="prepacked needs an output made with prep tokenize --pack"):
+        automodel.ChatDataset(str(tmp_path / "plain"), tokenizer=tok, prepacked=True)
