@@ -100,13 +100,13 @@ class PretrainingSplit(torch.utils.data.Dataset):
             # token zeroes the label before it too (its loss mask left as it is)
             shifted = np.flatnonzero(tokens_pad)
             labels[shifted[shifted >= 1] - 1] = 0
-        out = {"input_ids": torch.from_numpy(tokens), "labels": torch.from_numpy(labels), "loss_mask": torch.from_numpy(loss_mask)}
-        if self.create_attention_mask:
-            attention_mask, _, _ = masks_and_position_ids(out["input_ids"], -10000)
-            out = {"input_ids": out["input_ids"], "labels": out["labels"], "attention_mask": attention_mask,
-                   "loss_mask": out["loss_mask"]}
         # a blend's items say their dataset first, as a numpy int16 like AutoModel's BlendedDataset
-        return {"dataset_id": np.int16(int(item["dataset_id"])), **out} if "dataset_id" in item else out
+        out = {"dataset_id": np.int16(int(item["dataset_id"]))} if "dataset_id" in item else {}
+        out["input_ids"], out["labels"] = torch.from_numpy(tokens), torch.from_numpy(labels)
+        if self.create_attention_mask:
+            out["attention_mask"] = masks_and_position_ids(out["input_ids"], -10000)[0]
+        out["loss_mask"] = torch.from_numpy(loss_mask)
+        return out
 
 
 def sample_counts(num_train, num_val, num_test, max_steps, global_batch_size, val_check_interval, limit_val_batches,
@@ -142,12 +142,9 @@ def megatron_split(paths, seq_length: int = 2048, tokenizer=None, micro_batch_si
                    num_test_samples: int | None = None, trainer_max_steps: int | None = None,
                    trainer_val_check_interval: int = 1000, trainer_limit_val_batches: int | float = 1,
                    trainer_limit_test_batches: int | float = 1, mmap_bin_files: bool = True,
-                   splits_to_build: str = "train", **unused) -> PretrainingSplit:
-    """The `splits_to_build` split of AutoModel's MegatronPretraining (see `MegatronPretraining`)."""
-    if unused:
-        raise TypeError(f"MegatronPretraining: unknown or unsupported argument(s) {sorted(unused)}")
-    if not isinstance(splits_to_build, str) or splits_to_build not in ("train", "validation", "test"):
-        raise ValueError(f"splits_to_build={splits_to_build!r}: name one split, train, validation or test")
+                   splits_to_build: str = "train") -> PretrainingSplit:
+    """The `splits_to_build` split of AutoModel's MegatronPretraining (see `MegatronPretraining`,
+    which checks the arguments)."""
     if isinstance(paths, (str, Path)) and str(paths).endswith(".json") and Path(paths).is_file():
         paths = json.loads(Path(paths).read_text())
     split_index = SPLIT_NAMES[splits_to_build]
@@ -283,7 +280,6 @@ def NanogptDataset(file_pattern, seq_len: int, *, bos_token: int | None = None, 
     else:
         source = [str(f) for f in file_pattern]
     return NanogptWindows(NanoGPTDataset(source, seq_len, align_to_bos=align_to_bos, bos_token=bos_token))
-
 
 
 # AutoModel resolves its own make_retrieval_dataset target to the typed config (the recipe reads

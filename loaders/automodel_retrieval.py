@@ -22,9 +22,7 @@ import torch
 
 from loaders import manifest as manifest_mod
 from loaders.formats.retrieval import truncate
-from loaders.retrieval import RetrievalDataset, collate
-
-UNBOUNDED = 2**31 - 1
+from loaders.retrieval import RetrievalDataset, check_length, collate
 
 
 class BiEncoderItems(torch.utils.data.Dataset):
@@ -32,14 +30,9 @@ class BiEncoderItems(torch.utils.data.Dataset):
 
     def __init__(self, outputs: list, negatives: int, rows: np.ndarray | None, cycle_positive_docs: bool,
                  negative_sampling: str, seed: int):
-        self.parts = []
-        for source in outputs:
-            m = manifest_mod.load(source)
-            if "retrieval" not in m:
-                raise ValueError(f"{source}: not a retrieval output (prep tokenize --recipe retrieval); datasets {sorted(m['datasets'])}")
-            r = m["retrieval"]
-            self.parts.append(RetrievalDataset(source, negatives, r["query_max_length"] or UNBOUNDED,
-                                               r["doc_max_length"] or UNBOUNDED, negative_sampling, seed, cycle_positive_docs))
+        # the texts as stored: the collator truncates them
+        self.parts = [RetrievalDataset(source, negatives, None, None, negative_sampling, seed, cycle_positive_docs)
+                      for source in outputs]
         self.meta = [self._meta(part) for part in self.parts]
         self.starts = np.concatenate([[0], np.cumsum([len(p) for p in self.parts])]).astype(np.int64)
         self.rows = np.arange(self.starts[-1]) if rows is None else rows
@@ -162,12 +155,7 @@ class BiEncoderCollator:
                                  "(prep applies prefixes and instructions when it tokenizes: --query-prefix, --passage-prefix, "
                                  "--use-dataset-instruction)")
         for name, value in (("q_max_len", self.q_max_len), ("p_max_len", self.p_max_len)):
-            if value <= meta["special"]:
-                raise ValueError(f"{name} {value}: the tokenizer adds {meta['special']} special token(s) to every text")
-            stored = meta["stored"][name]
-            if stored is not None and value > stored:
-                raise ValueError(f"{name} {value}: {meta['source']} stores at most {stored} tokens a text (--query-max-length / "
-                                 "--doc-max-length when it was made); ask for that many or fewer, or tokenize again")
+            check_length(name, value, meta["special"], meta["stored"][name], meta["source"])
         self.checked.add(meta["source"])
 
     def __call__(self, batch: list[dict]) -> dict:

@@ -27,13 +27,24 @@ from loaders.formats.indexed import IndexedDataset
 from loaders.formats.retrieval import NO_ID, Table, truncate
 
 SAMPLING = ("first", "random")
+UNBOUNDED = 2**62  # no truncation
+
+
+def check_length(name: str, asked: int, special: int, stored: int | None, where: str = "the output") -> None:
+    """A truncation length must leave room for content and not exceed what the output stores."""
+    if asked <= special:
+        raise ValueError(f"{name} {asked}: the tokenizer adds {special} special token(s) to every text")
+    if stored is not None and asked > stored:
+        raise ValueError(f"{name} {asked}: {where} stores at most {stored} tokens a text (--query-max-length / "
+                         "--doc-max-length when it was made); ask for that many or fewer, or tokenize again")
 
 
 class RetrievalDataset(torch.utils.data.Dataset):
     """`ds[i]`: query i with its positive and `negatives` hard negatives, as token id arrays."""
 
-    def __init__(self, source: str | Path, negatives: int = 4, q_max_len: int = 512, p_max_len: int = 512,
+    def __init__(self, source: str | Path, negatives: int = 4, q_max_len: int | None = 512, p_max_len: int | None = 512,
                  negative_sampling: str = "first", seed: int = 0, cycle_positive_docs: bool = False):
+        """`q_max_len` / `p_max_len` None: the texts as stored (a collator truncates them later)."""
         m = manifest_mod.load(source)
         if "retrieval" not in m or set(m["datasets"]) != {"queries", "documents"}:
             raise ValueError(f"{source}: not a retrieval output (prep tokenize --recipe retrieval); datasets {sorted(m['datasets'])}")
@@ -44,16 +55,15 @@ class RetrievalDataset(torch.utils.data.Dataset):
         r = m["retrieval"]
         special = len(r["special_tokens"]["before"]) + len(r["special_tokens"]["after"])
         for name, asked, stored in (("q_max_len", q_max_len, r["query_max_length"]), ("p_max_len", p_max_len, r["doc_max_length"])):
-            if asked <= special:
-                raise ValueError(f"{name} {asked}: the tokenizer adds {special} special token(s) to every text")
-            if stored is not None and asked > stored:
-                raise ValueError(f"{name} {asked}: the output stores at most {stored} tokens a text (--query-max-length / "
-                                 "--doc-max-length when it was made); ask for that many or fewer, or tokenize again")
+            if asked is not None:
+                check_length(name, asked, special, stored)
         self.manifest, self.root = m, Path(m["_dir"])
         self.queries = IndexedDataset(manifest_mod.dataset_prefixes(m, "queries")[0])
         self.documents = IndexedDataset(manifest_mod.dataset_prefixes(m, "documents")[0])
         self.table = Table(self.root)
-        self.negatives, self.q_max_len, self.p_max_len = negatives, q_max_len, p_max_len
+        self.negatives = negatives
+        self.q_max_len = UNBOUNDED if q_max_len is None else q_max_len
+        self.p_max_len = UNBOUNDED if p_max_len is None else p_max_len
         self.negative_sampling, self.seed, self.cycle_positive_docs = negative_sampling, seed, cycle_positive_docs
         self.suffix = len(r["special_tokens"]["after"])
         self.epoch = 0

@@ -30,8 +30,9 @@ def load_config_file(ctx: click.Context, param, value):
         if unknown:
             raise click.BadParameter(f"{value}: unknown option(s) {', '.join(unknown)}")
         multiple = {p.name for p in ctx.command.params if getattr(p, "multiple", False)}
+        params = {p.name: p for p in ctx.command.params}
         for key, v in list(data.items()):
-            param = next(p for p in ctx.command.params if p.name == names[key.replace("-", "_")])
+            param = params[names[key.replace("-", "_")]]
             if isinstance(v, dict):  # `columns: {context: input}` means --columns context=input, as in a pipeline file
                 data[key] = ",".join(f"{k}={x}" for k, x in v.items())
             elif isinstance(v, list) and param.name not in multiple and getattr(param, "nargs", 1) == 1:

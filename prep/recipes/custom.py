@@ -58,10 +58,14 @@ def resolve(spec: str):
     if found is None or not callable(found):
         raise PrepError(f"--recipe {spec}: {where} has no callable {attribute!r}")
     if isinstance(found, type) and hasattr(found, "get_context") != hasattr(found, "get_target"):
-        missing = "get_target" if hasattr(found, "get_context") else "get_context"
-        raise PrepError(f"--recipe {spec}: the class has {'get_context' if missing == 'get_target' else 'get_target'} "
-                        f"but no {missing} (AutoModel's custom dataset pattern needs both)")
+        has, missing = ("get_context", "get_target") if hasattr(found, "get_context") else ("get_target", "get_context")
+        raise PrepError(f"--recipe {spec}: the class has {has} but no {missing} (AutoModel's custom dataset pattern needs both)")
     return found
+
+
+def _is_dataset_class(target) -> bool:
+    """AutoModel's minimal custom dataset pattern: a class with get_context and get_target."""
+    return isinstance(target, type) and hasattr(target, "get_context") and hasattr(target, "get_target")
 
 
 def source_sha256(spec: str) -> str:
@@ -74,7 +78,7 @@ def source_sha256(spec: str) -> str:
 def _transform(spec: str):
     """record -> the built-in recipe's record (exceptions become bad records)."""
     target = resolve(spec)
-    if isinstance(target, type) and hasattr(target, "get_context") and hasattr(target, "get_target"):
+    if _is_dataset_class(target):
         try:
             instance = target()
         except TypeError:  # a dataset class whose constructor loads data (AutoModel's HellaSwag): its
@@ -101,8 +105,7 @@ def _transform(spec: str):
 
 def base_of(spec: str, first_record: dict | None) -> str:
     """The built-in recipe the callable feeds, from its answer on the first record."""
-    target = resolve(spec)
-    if isinstance(target, type) and hasattr(target, "get_context") and hasattr(target, "get_target"):
+    if _is_dataset_class(resolve(spec)):
         return "completion"
     if first_record is None:
         raise PrepError(f"--recipe {spec}: the inputs hold no record to learn what the callable returns from")

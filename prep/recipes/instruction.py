@@ -29,9 +29,9 @@ def instruction_spans(record: dict, columns: dict, preset: str) -> tuple[str, li
         value = record.get(column)
         if preset == "squad" and role == "answer" and isinstance(value, dict):
             texts = value.get("text")
-            if not isinstance(texts, list) or (texts and not isinstance(texts[0], str)):
-                raise BadConversation(f"column {column!r}: expected SQuAD's answers {{\"text\": [strings, ...]}}, "
-                                      f"got text {type(texts).__name__ if not isinstance(texts, list) else 'of ' + type(texts[0]).__name__}")
+            got = type(texts).__name__ if not isinstance(texts, list) else f"of {type(texts[0]).__name__}" if texts else ""
+            if got and got != "of str":
+                raise BadConversation(f"column {column!r}: expected SQuAD's answers {{\"text\": [strings, ...]}}, got text {got}")
             value = texts[0].strip() if texts else ""
         if value is not None and not isinstance(value, str):
             raise BadConversation(f"column {column!r} is {type(value).__name__}, expected a string")
