@@ -12,6 +12,11 @@ from prep.tokenize.config import parse_size
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
+def role_pairs(mapping: dict) -> str:
+    """{context: input, answer: output} as --columns takes it: `context=input,answer=output`."""
+    return ",".join(f"{k}={v}" for k, v in mapping.items())
+
+
 def load_config_file(ctx: click.Context, param, value):
     """--config FILE.yaml: its keys (option names, - or _) become defaults; the command line wins."""
     if value:
@@ -34,7 +39,7 @@ def load_config_file(ctx: click.Context, param, value):
         for key, v in list(data.items()):
             param = params[names[key.replace("-", "_")]]
             if isinstance(v, dict):  # `columns: {context: input}` means --columns context=input, as in a pipeline file
-                data[key] = ",".join(f"{k}={x}" for k, x in v.items())
+                data[key] = role_pairs(v)
             elif isinstance(v, list) and param.name not in multiple and getattr(param, "nargs", 1) == 1:
                 raise click.BadParameter(f"{value}: {key}: expected one value, got a list")
         defaults = {names[k.replace("-", "_")]: v for k, v in data.items()}

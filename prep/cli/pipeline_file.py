@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 import yaml
 
+from prep.cli.options import role_pairs
 from prep.errors import PrepError
 
 SLURM_KEYS = {"partition", "account", "time", "mem", "cpus_per_task", "gpus_per_task", "tasks", "extra", "setup", "command",
@@ -125,7 +126,7 @@ def argv_of(command: click.Command, options: dict, base: Path, where: str) -> li
             for item in value if isinstance(value, list) else [value]:
                 flags += [option, str(item)]
         elif isinstance(value, dict):  # --columns context=input,...
-            flags += [option, ",".join(f"{k}={v}" for k, v in value.items())]
+            flags += [option, role_pairs(value)]
         else:
             flags += [option, str(value)]
     return [*positional, *flags]
