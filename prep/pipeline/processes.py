@@ -23,15 +23,22 @@ def die_with_parent() -> None:
 
 
 def stop_pool(pool) -> None:
-    """Stop a `ProcessPoolExecutor` now: queued work is dropped and running workers killed.
-    `shutdown` alone would let the running ones finish first."""
+    """Stop a `ProcessPoolExecutor` now: queued work is dropped and running workers killed
+    (`shutdown` alone would let them finish first). Returns once the pool has let go of its
+    processes and its manager thread."""
+    # No public handles before Python 3.14, and `shutdown` drops these, so they are taken first.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     pool.shutdown(wait=False, cancel_futures=True)
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # no public handle before Python 3.14
     for process in processes:
         if process.is_alive():
             process.terminate()
     for process in processes:
         process.join()
+    # The manager thread closes the pool's wake-up pipe on its way out. Left running, it races
+    # Python 3.11's exit hook, which writes to that pipe: "OSError: Bad file descriptor" at exit.
+    if manager is not None:
+        manager.join()
 
 
 def stop_processes(processes) -> None:
