@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 
 import click
+from click.exceptions import NoArgsIsHelpError
 
 from prep.errors import Interrupted, PrepError
 
@@ -24,10 +25,47 @@ class OneLine(click.ClickException):
         click.echo(f"error: {self.error.one_line()}", err=True)
 
 
-class StageCommand(click.Command):
+class OneLineUsage(click.UsageError):
+    """A usage mistake (an unknown option, a bad value, a missing argument) as one line naming
+    where the help is, exit code 2, rather than click's usage block."""
+
+    def show(self, file=None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {self.message.rstrip('.').replace('. (', ' (')}{where}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (OneLineUsage, NoArgsIsHelpError)):  # the help asked for by giving nothing stays
+        return exc
+    return OneLineUsage(exc.format_message(), exc.ctx)
+
+
+class _OneLineUsage:
+    """Usage mistakes found while parsing (or by a command itself) become `OneLineUsage`."""
+
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+class StageCommand(_OneLineUsage, click.Command):
     """A command whose prep errors are one line; whose full-disk, quota and permission errors are
     one line naming the file (or the output folder when the system names none), exit code 2; what
-    was committed before stays, so the same command resumes once the cause is fixed."""
+    was committed before stays, so the same command resumes once the cause is fixed. Given none
+    of the arguments it needs, it shows its help."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if "no_args_is_help" not in kwargs:
+            self.no_args_is_help = any(isinstance(p, click.Argument) and p.required for p in self.params)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -45,5 +83,5 @@ class StageCommand(click.Command):
             raise OneLine(exc) from None
 
 
-class StageGroup(click.Group):
+class StageGroup(_OneLineUsage, click.Group):
     command_class = StageCommand

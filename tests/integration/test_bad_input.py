@@ -168,3 +168,25 @@ def test_a_config_file_value_of_the_wrong_shape_gives_one_line(tmp_path):
     done = _tokenize("examples/sample.jsonl", "--config", good, "-o", tmp_path / "cols")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "cols" / "manifest.json").read_text())["config"]["columns"] == {"context": "text", "answer": "text"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["tokenize", "examples/sample.jsonl", "-o", "out", "--workers", "many"], "Invalid value for '--workers'"),
+    (["tokenize", "examples/sample.jsonl", "-o", "out", "--bogus"], "No such option '--bogus'"),
+    (["tokenize", "examples/sample.jsonl"], "Missing option '-o' / '--output'"),
+    (["tokenize", "examples/sample.jsonl", "-o", "out", "--config", "missing.yaml"], "Invalid value for '--config'"),
+    (["tokenize", "examples/sample.jsonl", "-o", "out", "--tokenizer", TOKENIZERS / "gpt2", "--columns", "a=b"],
+     "--columns is for --recipe"),  # raised by the command itself
+    (["tokenise"], "No such command 'tokenise'"),
+])
+def test_usage_mistakes_give_one_line_naming_the_help(tmp_path, args, message):
+    """Not click's usage block: one line, exit code 2, saying where the help is."""
+    result = prep(*args, check=False)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and message in lines[0] and lines[0].endswith(" --help')")
+
+
+def test_a_command_given_nothing_shows_its_help():
+    result = prep("tokenize", check=False)
+    assert result.returncode == 2 and "Usage:" in result.stdout + result.stderr and "--output" in result.stdout + result.stderr
