@@ -78,7 +78,9 @@ def resample(out: Path, n: int, seed: int = 0) -> tuple[int, list[str], dict]:
         if not any(index <= p < index + count for p in picks):
             index += count
             continue
-        for records, locate in sources.read_unit(path, 0, Path(path).stat().st_size, recipe.source_keys(), Rejects(False), BATCH):
+        whole = ((records, locate) for start, stop in sources.plan_file(Path(path), 1 << 62)  # a unit's bounds are the reader's
+                 for records, locate in sources.read_unit(path, start, stop, recipe.source_keys(), Rejects(False), BATCH))
+        for records, locate in whole:
             for j, record in enumerate(records):
                 if index in picks:
                     problems += _compare(recipe, encoder, record, locate(j), path, index, datasets)

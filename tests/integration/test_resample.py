@@ -28,6 +28,21 @@ def test_text_and_chat_outputs_resample_clean(tmp_path):
     assert coverage["assistant"] == "100.0" and coverage["user"] == "0.0" and coverage["system"] == "0.0", shown
 
 
+def test_parquet_and_saved_dataset_outputs_resample_clean(tmp_path):
+    """Their units are row groups and shards, not byte ranges: resample reads every one."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    documents = botchan_documents(150, seed=4)
+    pq.write_table(pa.table({"text": [d["text"] for d in documents]}), tmp_path / "a.parquet", row_group_size=40)
+    datasets.Dataset.from_list(documents[:90]).save_to_disk(tmp_path / "saved", num_shards=3)
+    prep("tokenize", tmp_path / "a.parquet", tmp_path / "saved", "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2",
+         "--unit-size", "16k")
+    result = prep("verify", tmp_path / "out", "--resample", "240")
+    assert "240 resampled record(s) tokenize to the stored ids and masks" in result.stdout, result.stdout + result.stderr
+
+
 def test_a_stored_token_that_differs_is_named(tmp_path):
     corpus = write_jsonl(tmp_path / "a.jsonl", botchan_documents(60, seed=1))
     out = tmp_path / "text"
