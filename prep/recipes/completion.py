@@ -42,17 +42,28 @@ class CompletionRecipe(InstructionRecipe):
             return super().render(record)
         return instruction_spans(record, self.options.columns, "completion")
 
-    def sample_and_mask(self, text, spans, ids):
+    def _single_turn(self) -> dict | None:
         convention = self.job.get("automodel")
-        if convention is None or not convention.get("single_turn"):
+        return convention if convention is not None and convention.get("single_turn") else None
+
+    def encode_samples(self, rendered, encoder):
+        convention = self._single_turn()
+        if convention is None:
+            return super().encode_samples(rendered, encoder)
+        pieces = [piece for text, ((start, end), *_) in rendered for piece in (text[:start], text[start:end])]
+        ids, offsets = encoder.encode(pieces)  # one call; `tokenizer(piece)` is the post-processor's tokens around these
+        before, after = (np.asarray(convention[key], ids.dtype) for key in ("before", "after"))
+        return [tuple(np.concatenate([before, ids[offsets[k]:offsets[k + 1]], after]) for k in (2 * i, 2 * i + 1))
+                for i in range(len(rendered))]
+
+    def sample_and_mask(self, text, spans, ids):
+        convention = self._single_turn()
+        if convention is None:
             return super().sample_and_mask(text, spans, ids)
-        start, end = spans[0]
-        tokenizer, special = self.hf_tokenizer(), set(convention["special_ids"])
-        context = tokenizer.encode(text[:start]).ids
-        target = tokenizer.encode(text[start:end]).ids
-        if context and context[-1] in special:
+        (context, target), special = ids, convention["special_ids"]
+        if len(context) and context[-1] in special:
             context = context[:-1]
-        if target and target[0] in special:
+        if len(target) and target[0] in special:
             target = target[1:]
-        sample = np.asarray(context + target, ids.dtype)
+        sample = np.concatenate([context, target])
         return sample, (np.arange(len(sample)) >= len(context)).astype(np.uint8)

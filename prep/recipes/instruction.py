@@ -69,6 +69,13 @@ class InstructionRecipe(SFTRecipe):
         before, after = special_tokens(spec.json, config.recipe)
         return {"automodel": {"before": before, "after": after, "prompt_bos": int(spec.add_bos_token)}}
 
+    def encode_samples(self, rendered, encoder):
+        encoded = super().encode_samples(rendered, encoder)
+        if self.job.get("automodel") is None:
+            return encoded
+        _, offsets = encoder.encode([text[:spans[0][0]] for text, spans in rendered])  # each prompt alone
+        return list(zip(encoded, np.diff(offsets).tolist()))
+
     def sample_and_mask(self, text, spans, ids):
         """With --mask-convention automodel, NeMo AutoModel's format_prompt_completion: the ids of
         `tokenizer(prompt + answer)` (its post-processor's special tokens around the text), trained
@@ -78,7 +85,7 @@ class InstructionRecipe(SFTRecipe):
         convention = self.job.get("automodel")
         if convention is None:
             return super().sample_and_mask(text, spans, ids)
-        prompt = len(self.hf_tokenizer().encode(text[:spans[0][0]], add_special_tokens=False).ids) + convention["prompt_bos"]
+        ids, prompt = ids[0], ids[1] + convention["prompt_bos"]
         sample = np.concatenate([np.asarray(convention["before"], ids.dtype), ids, np.asarray(convention["after"], ids.dtype)])
         return sample, (np.arange(len(sample)) >= prompt).astype(np.uint8)
 

@@ -130,6 +130,12 @@ class SFTRecipe(Recipe):
         offsets = np.array(self.hf_tokenizer().encode(text, add_special_tokens=False).offsets, np.int64).reshape(-1, 2)
         return offsets[:, 0], offsets[:, 1], None
 
+    def encode_samples(self, rendered: list[tuple[str, list]], encoder) -> list:
+        """Each rendered sample's tokens as `sample_and_mask` takes them: by default its ids, from
+        one call to the encoder for the batch."""
+        ids, offsets = encoder.encode([text for text, _ in rendered])
+        return [ids[offsets[k]:offsets[k + 1]] for k in range(len(rendered))]
+
     def sample_and_mask(self, text: str, spans: list[tuple[int, int]], ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One sample's ids and loss mask (before prep's own BOS / EOD)."""
         return ids, self.mask(text, spans, ids)
@@ -153,10 +159,10 @@ class SFTRecipe(Recipe):
                 continue
             rendered += samples
             where += [j] * len(samples)
-        ids, offsets = encoder.encode([text for text, _ in rendered])
+        encoded = self.encode_samples(rendered, encoder)
         tokens, masks, lengths = [], [], []
         for k, (text, spans) in enumerate(rendered):
-            sample, mask = self.sample_and_mask(text, spans, ids[offsets[k]:offsets[k + 1]])
+            sample, mask = self.sample_and_mask(text, spans, encoded[k])
             if self.bos_id is not None and not (len(sample) and sample[0] == self.bos_id):  # a template's own BOS is kept, not doubled
                 sample, mask = np.concatenate([[self.bos_id], sample]), np.concatenate([[0], mask]).astype(np.uint8)
             if self.eod_id is not None:
