@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from prep.errors import PrepError
+from prep.quiet import quiet_import_warnings
 from prep.recipes.templates import BadConversation
 
 ROLES = {"context": "context", "question": "question", "answer": "answer"}
@@ -37,6 +38,7 @@ def resolve(spec: str):
     where, _, attribute = spec.rpartition(":")
     if not where or not attribute:
         raise PrepError(f"--recipe {spec}: expected a built-in name or MODULE:CALLABLE (or FILE.py:CALLABLE)")
+    quiet_import_warnings()  # a user's module may import AutoModel, and with it torchao
     try:
         if where.endswith(".py"):
             path = Path(where).resolve()

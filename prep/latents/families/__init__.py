@@ -115,7 +115,11 @@ def posterior(vae, pixels, seeds: list[int], deterministic: bool):
 
 
 def _quiet() -> None:
-    """No per-load progress bars or accelerate hints: prep prints its own progress."""
+    """No per-load progress bars, accelerate hints or optional packages' import-time warnings:
+    prep prints its own progress, and its errors as one line."""
+    from prep.quiet import quiet_import_warnings
+
+    quiet_import_warnings()
     import diffusers
     import transformers
 
