@@ -65,7 +65,8 @@ class RecipeName(click.ParamType):
               help="SFT: samples considered together when packing (bounds memory).")
 @click.option("--seed", type=int, default=1234, show_default=True, help="Seed for packing order and tie-breaks.")
 @click.option("--overlong", type=click.Choice(["truncate", "drop"]), default="truncate", show_default=True,
-              help="SFT: what to do with a sample over --max-length; counted in the manifest either way.")
+              help="SFT: what to do with a sample over --max-length (truncate: one with no trained token left is dropped); "
+                   "counted in the manifest either way.")
 @click.option("--query-prefix", default="", help='retrieval: prefix joined to each query with a space (e.g. "query:"), as AutoModel\'s collator does.')
 @click.option("--passage-prefix", default="", help='retrieval: prefix joined to each document with a space (e.g. "passage:").')
 @click.option("--use-dataset-instruction", is_flag=True,

@@ -14,6 +14,17 @@ from prep.writers import megatron, megatron_stream
 from prep.writers import nanogpt as nanogpt_writer
 
 
+def _why_empty(job: dict, records: list[dict]) -> str:
+    """What became of the records of an output with no tokens, and which option to look at."""
+    c = job["config"]
+    skipped, dropped = (sum(sum(r["skipped"].values()) for r in records), sum(r.get("dropped_overlong", 0) for r in records))
+    kept = sum(r["records"] for r in records)
+    what = f"{kept:,} record(s) written" + (f", {skipped:,} skipped as bad" if skipped else "") + \
+        (f", {dropped:,} dropped as over --max-length {c.get('max_length')} with nothing to train left" if dropped else "")
+    look = "--max-length" if dropped else "--text-key" if c.get("recipe") == "text" else "the inputs and --columns"
+    return f"{what}; check {look}"
+
+
 def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
     """Merge every unit's parts into shards and write the manifest, last. Returns the manifest."""
     out, workdir = Path(job["out"]), Path(job["workdir"])
@@ -21,9 +32,7 @@ def finalize(job: dict, timings: dict, merged: dict | None = None) -> dict:
                                   lambda unit: f"{unit.path} [{unit.byte_range[0]}:{unit.byte_range[1]}]")
     empty = [key for key in job["keys"] if not any(r["keys"][key]["tokens"] for r in records)]
     if empty:  # Megatron-Core can't map an empty .bin: a dataset without tokens is no dataset
-        skipped = sum(sum(r["skipped"].values()) for r in records)
-        raise PrepError(f"{out}: no tokens under {', '.join(map(repr, empty))} in {sum(r['records'] for r in records):,} record(s)"
-                        f"{f' ({skipped:,} skipped as bad)' if skipped else ''}; nothing to write: check the inputs and --text-key")
+        raise PrepError(f"{out}: no tokens under {', '.join(map(repr, empty))}; nothing to write: {_why_empty(job, records)}")
     units = [Unit.from_json(r["unit"]) for r in records]
     shard_tokens = job["config"]["shard_tokens"]
     custom = recipes.of_job(job).finalize_parts(job, workdir, out, units)

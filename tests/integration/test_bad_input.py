@@ -190,3 +190,14 @@ def test_usage_mistakes_give_one_line_naming_the_help(tmp_path, args, message):
 def test_a_command_given_nothing_shows_its_help():
     result = prep("tokenize", check=False)
     assert result.returncode == 2 and "Usage:" in result.stdout + result.stderr and "--output" in result.stdout + result.stderr
+
+
+def test_a_max_length_that_leaves_nothing_to_train_says_so(tmp_path):
+    from chat_cases import TEMPLATES, conversations
+
+    chats = write_jsonl(tmp_path / "c.jsonl", conversations({"system": True}, 12))
+    result = prep("tokenize", chats, "-o", tmp_path / "out", "--recipe", "chat", "--tokenizer", TEMPLATES["smollm2"],
+                  "--max-length", "4", check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and lines[-1].endswith("0 record(s) written, 12 dropped as over --max-length 4 with "
+                                                         "nothing to train left; check --max-length"), result.stderr
