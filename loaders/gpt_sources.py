@@ -121,7 +121,9 @@ class _Source:
         self.data = IndexedDataset(shard.prefix)
         documents = split_documents(split_matrix(parse_split(options.split))[split_index], len(self.data))
         if not len(documents):
-            raise ValueError(f"{shard.prefix}: split {options.split!r} leaves the {SPLITS[split_index]} split no sequences")
+            raise ValueError(f"{shard.prefix}: split {options.split!r} leaves the {SPLITS[split_index]} split no sequences: "
+                             f"each prefix is split by itself, and this one's {len(self.data):,} document(s) are too few "
+                             "for that share; make the shards larger or change the split")
         drop_last = split_index != 1 or options.drop_last_partial_validation_sequence
         self.extra = int(options.add_extra_token_to_sequence)
         self.length = options.seq_length + self.extra

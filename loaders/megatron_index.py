@@ -157,7 +157,7 @@ def exhaustive_blending_indices(sizes) -> tuple[np.ndarray, np.ndarray]:
     sizes / sum(sizes), a dataset leaving it once it has given sizes[d] samples."""
     sizes = np.asarray(sizes, np.int64)
     total = int(sizes.sum())
-    picks = _greedy(sizes / np.float64(total), total, caps=sizes)
+    picks = _greedy(sizes / np.float64(total) if total else sizes.astype(np.float64), total, caps=sizes)
     return picks, _ranks(picks, len(sizes))
 
 

@@ -72,8 +72,12 @@ def status(out: Path, tasks: int | None = None) -> list[str]:
     live = {i for i, c in claimed.items() if c.get("host") != here or _alive(c.get("pid"))}  # other hosts: as they say
     total, done = sum(u.size for u in units), sum(u.size for u in done_units)
     what = "items" if job.get("kind") == "latents" else "B"
-    lines = [f"{out}: {'running' if running else 'stopped: rerun the same command (or the array task) to resume'}"
-             f"{'' if len(records) < len(units) else '; every unit is done: prep finalize ' + str(out) + ' writes the manifest'}",
+    if len(records) < len(units):
+        state = "running" if running else "stopped: rerun the same command (or the array task) to resume"
+    else:  # a run holding the folder now is writing the manifest itself
+        state = "running: every unit is done, the manifest is being written" if running else \
+            f"every unit is done: prep finalize {out} writes the manifest"
+    lines = [f"{out}: {state}",
              f"  units     {len(records):,} of {len(units):,} done, {len(live):,} in progress, "
              f"{len(units) - len(records) - len(live):,} pending "
              f"({100 * done / max(1, total):.1f}% of {f'{total / 1e6:,.1f} MB' if what == 'B' else f'{total:,} items'})"]

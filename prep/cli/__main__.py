@@ -1,3 +1,3 @@
 from prep.cli import main
 
-main()
+main(prog_name="prep")  # `python -m prep.cli` (as prep run and Slurm scripts call it) names itself prep

@@ -114,6 +114,9 @@ def index(outputs, weights, seq_length, num_samples, split, seed, no_extra_token
         raise PrepError(str(exc)) from None
     click.echo(", ".join(f"{name} {len(d):,} samples" for name, d in zip(("train", "valid", "test"), splits) if d is not None)
                + f" of {seq_length} tokens; caches ready in {time.time() - started:.1f}s")
+    if samples is not None and weight_list is None and len(outputs) > 1:
+        click.echo("note: a blend without --weights gives each dataset's whole epoch, as Megatron's does; --num-samples "
+                   "is not used (pass --weights to draw that many)")
 
 
 def _num_samples(text: str | None):

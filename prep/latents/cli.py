@@ -3,4 +3,4 @@
 from prep.cli.latents import latents
 
 if __name__ == "__main__":
-    latents()
+    latents(prog_name="prep latents")

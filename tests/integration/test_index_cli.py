@@ -15,7 +15,10 @@ def test_prep_index_writes_the_caches_the_loader_uses(tmp_path):
     assert len(train) >= 3000 and len(valid) >= 100 and train[0]["tokens"].shape == (128,)
     assert {p.name: p.stat().st_mtime_ns for p in (out / "cache").iterdir()} == caches  # nothing rebuilt
     bad = prep("index", out, "--seq-length", "128", "--split", "969,30,1", check=False)
-    assert bad.returncode == 2 and "split" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and len(bad.stderr.splitlines()) == 1
+    assert "leaves the test split no sequences" in bad.stderr and "are too few for that share" in bad.stderr
+    blend = prep("index", out, out, "--seq-length", "4096", "--split", "99,1,0", "--num-samples", "1000,,")  # valid: none
+    assert blend.stderr == "" and "--num-samples is not used" in blend.stdout  # as Megatron: no weights, whole epochs
 
 
 def test_prep_index_takes_one_epoch_entries_and_the_sample_options(tmp_path):

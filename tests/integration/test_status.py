@@ -44,6 +44,15 @@ def test_status_after_a_kill_and_when_complete(tmp_path, corpus):
     assert "complete (tokens / megatron)" in lines[0] and "documents 3,000" in lines[1]
 
 
+def test_status_once_every_array_task_is_done_points_to_finalize(tmp_path, corpus):
+    args = ["tokenize", corpus, "-o", tmp_path / "out", "--tokenizer", TOKENIZERS / "gpt2", "--unit-size", "64k", "--workers", "1"]
+    for task in ("0/2", "1/2"):
+        prep(*args, "--task", task)
+    lines = prep("status", tmp_path / "out", "--tasks", "2").stdout.splitlines()
+    assert lines[0] == f"{tmp_path / 'out'}: every unit is done: prep finalize {tmp_path / 'out'} writes the manifest", lines
+    assert all(line.endswith("(finished)") for line in lines if "task " in line)
+
+
 def test_status_of_a_folder_that_is_no_output(tmp_path):
     result = prep("status", tmp_path, check=False)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
