@@ -42,3 +42,18 @@ def botchan_documents(n: int, seed: int = 0) -> list[dict]:
 def write_jsonl(path: Path, docs: list[dict]) -> Path:
     path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
     return path
+
+
+def assert_same_batches(ours: list[dict], theirs: list[dict]) -> None:
+    """Batch for batch the same keys, and the same values: tensors of one dtype, shape and content."""
+    import torch
+
+    assert len(ours) == len(theirs) > 0
+    for k, (a, b) in enumerate(zip(ours, theirs)):
+        assert sorted(a) == sorted(b), (k, sorted(a), sorted(b))
+        for key in b:
+            if isinstance(b[key], torch.Tensor):
+                assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, (k, key, a[key].shape, b[key].shape)
+                assert torch.equal(a[key], b[key]), (k, key)
+            else:
+                assert a[key] == b[key], (k, key)

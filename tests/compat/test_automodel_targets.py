@@ -3,9 +3,8 @@ own datasets on the same raw rows: item for item, and batch for batch through Au
 make_dataset_config / make_collate_fn / DataloaderConfig on two data-parallel ranks."""
 
 import pytest
-import torch
 
-from helpers import TOKENIZERS, prep, write_jsonl
+from helpers import TOKENIZERS, assert_same_batches, prep, write_jsonl
 from loaders import automodel
 
 loader = pytest.importorskip("nemo_automodel.components.datasets.loader")
@@ -44,17 +43,6 @@ def _batches(target, kwargs, tok, collate=None, rank=0, batch_size=4):
     return list(config.build(dp_rank=rank, dp_world_size=2, tokenizer=tok))
 
 
-def _same_batches(ours, theirs):
-    assert len(ours) == len(theirs) > 0
-    for a, b in zip(ours, theirs):
-        assert sorted(a) == sorted(b)
-        for key in b:
-            if isinstance(b[key], torch.Tensor):
-                assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
-            else:
-                assert a[key] == b[key], key
-
-
 def hellaswag_rows(n: int = 37) -> list[dict]:
     """HellaSwag's schema on real text: contexts ending mid-sentence, endings with and without a
     leading space (AutoModel tokenizes the two apart, so no space is added), the gold one by label."""
@@ -89,7 +77,7 @@ def test_hellaswag_items_equal_automodels(tmp_path, tokenizers, tokenizer):
                 assert ours[i] == dict(theirs[i]), (out, options, i)
     kwargs = {"path_or_dataset": str(raw)}
     theirs = _batches("nemo_automodel.components.datasets.llm.hellaswag.HellaSwag", kwargs, tok, rank=1)
-    _same_batches(_batches("loaders.automodel.HellaSwag", {"path_or_dataset": str(tmp_path / "own")}, tok, rank=1), theirs)
+    assert_same_batches(_batches("loaders.automodel.HellaSwag", {"path_or_dataset": str(tmp_path / "own")}, tok, rank=1), theirs)
 
 
 def test_hellaswag_refuses_outputs_made_otherwise(tmp_path, tokenizers):
@@ -133,7 +121,7 @@ def test_squad_items_equal_automodels(tmp_path, tokenizers, tokenizer, templated
             assert ours[i] == dict(theirs[i]), (options, i)
     block = {"seq_length": 64, "padding": "max_length", "truncation": True}
     theirs = _batches("nemo_automodel.components.datasets.llm.squad.make_squad_dataset", {"dataset_name": str(raw), **block}, tok)
-    _same_batches(_batches("loaders.automodel.make_squad_dataset", {"dataset_name": str(tmp_path / "out"), **block}, tok), theirs)
+    assert_same_batches(_batches("loaders.automodel.make_squad_dataset", {"dataset_name": str(tmp_path / "out"), **block}, tok), theirs)
 
 
 def test_squad_refuses_a_template_mismatch(tmp_path, tokenizers):
@@ -176,7 +164,7 @@ def test_retrieval_targets_through_automodels_loader(tmp_path, tokenizers, schem
                           ("nemo_automodel.components.datasets.llm.retrieval_collator.BiEncoderCollator", collator), rank)
         ours = _batches("loaders.automodel.make_retrieval_dataset", {"data_dir_list": [str(tmp_path / "out")], **dataset}, tok,
                         ("loaders.automodel.BiEncoderCollator", collator), rank)
-        _same_batches(ours, theirs)
+        assert_same_batches(ours, theirs)
 
 
 def test_retrieval_collator_refuses_other_prefixes(tmp_path, tokenizers):

@@ -5,9 +5,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from helpers import TOKENIZERS, prep
+from helpers import TOKENIZERS, assert_same_batches, prep
 from loaders.retrieval import RetrievalDataset, collate
 from retrieval_data import bos_eos_tokenizer, write_corpus_id, write_inline
 
@@ -63,15 +62,6 @@ def _ours(out, tok, negatives, q_max_len, p_max_len, multiple, batch_size=8, epo
             for s in range(0, len(ds), batch_size)]
 
 
-def _assert_equal(ours, theirs):
-    assert len(ours) == len(theirs) > 0
-    for k, (a, b) in enumerate(zip(ours, theirs)):
-        assert set(a) == set(b), (k, sorted(a), sorted(b))
-        for key in b:
-            assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape, (k, key, a[key].shape, b[key].shape)
-            assert torch.equal(a[key], b[key]), (k, key)
-
-
 CASES = [  # schema, tokenizer, negatives, q_max_len, p_max_len, (query prefix, passage prefix), dataset instruction, pad multiple
     ("inline", "smollm2", 4, 512, 512, ("query:", "passage:"), False, 8),
     ("inline", "llama3", 9, 24, 40, ("", ""), False, None),  # more negatives than any row has; truncation
@@ -90,7 +80,7 @@ def test_batches_equal_automodel(tmp_path, tokenizers, corpora, schema, tokenize
     prep("tokenize", corpora[schema], "-o", out, "--recipe", "retrieval", "--tokenizer", tokenizers[tokenizer], *flags)
     tok = _hf_tokenizer(tokenizers[tokenizer])
     theirs = _automodel_batches(corpora[schema], tok, negatives, q_max_len, p_max_len, prefixes, instruction, multiple)
-    _assert_equal(_ours(out, tok, negatives, q_max_len, p_max_len, multiple), theirs)
+    assert_same_batches(_ours(out, tok, negatives, q_max_len, p_max_len, multiple), theirs)
     assert ("passage_doc_ids" in theirs[0]) == (schema == "corpus_id")
 
 
@@ -100,7 +90,7 @@ def test_cycle_positive_docs_by_epoch(tmp_path, tokenizers, corpora):
     tok = _hf_tokenizer(tokenizers["smollm2"])
     for epoch in (0, 1, 2):
         theirs = _automodel_batches(corpora["corpus_id"], tok, 2, 128, 128, ("", ""), False, None, epoch=epoch, cycle=True)
-        _assert_equal(_ours(out, tok, 2, 128, 128, None, epoch=epoch, cycle=True), theirs)
+        assert_same_batches(_ours(out, tok, 2, 128, 128, None, epoch=epoch, cycle=True), theirs)
 
 
 def test_documents_stored_once(tmp_path, tokenizers, corpora):
