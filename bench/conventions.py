@@ -17,13 +17,9 @@ from pathlib import Path
 
 sys.path[0] = str(Path(__file__).resolve().parents[1])  # not bench/: its tokenize.py would shadow the stdlib's
 
-import argparse
-import os
-import subprocess
-
 import orjson
 
-from bench.sft import ROOT, run
+from bench.sft import arguments, run
 
 
 def build(source: Path, size: int, records: Path, text: Path) -> tuple[int, int]:
@@ -45,16 +41,7 @@ def build(source: Path, size: int, records: Path, text: Path) -> tuple[int, int]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=20)
-    parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "data" / "tokenizers" / "smollm2-135m-instruct"))
-    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--data", type=Path, default=ROOT / "out" / "bench")
-    args = parser.parse_args()
-    args.data.mkdir(parents=True, exist_ok=True)
-    source = args.data / "corpus_100mb.jsonl"
-    if not source.exists():
-        subprocess.run([sys.executable, str(ROOT / "bench" / "corpus.py"), str(source), "--size-mb", "100"], check=True)
+    args, source = arguments(__doc__)
     records, text = args.data / "conventions_records.jsonl", args.data / "conventions_text.jsonl"
     content, count = build(source, args.size_mb * 10**6, records, text)
     common = ["--tokenizer", args.tokenizer, "--workers", str(args.workers), "--overwrite"]

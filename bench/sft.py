@@ -58,8 +58,9 @@ def run(args: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(doc: str) -> tuple[argparse.Namespace, Path]:
+    """The SFT benchmarks' options, and the 100 MB real-text corpus they cut records from (built once)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mb", type=int, default=20)
     parser.add_argument("--tokenizer", default=str(ROOT.parent / "shared" / "data" / "tokenizers" / "smollm2-135m-instruct"))
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
@@ -69,6 +70,11 @@ def main() -> None:
     source = args.data / "corpus_100mb.jsonl"
     if not source.exists():
         subprocess.run([sys.executable, str(ROOT / "bench" / "corpus.py"), str(source), "--size-mb", "100"], check=True)
+    return args, source
+
+
+def main() -> None:
+    args, source = arguments(__doc__)
     chat, text = args.data / "sft_chat.jsonl", args.data / "sft_text.jsonl"
     content = build(source, args.size_mb * 10**6, chat, text)
     common = ["--tokenizer", args.tokenizer, "--workers", str(args.workers), "--overwrite"]
