@@ -29,25 +29,29 @@ class OneLineUsage(click.UsageError):
     """A usage mistake (an unknown option, a bad value, a missing argument) as one line naming
     where the help is, exit code 2, rather than click's usage block."""
 
+    def __init__(self, message: str, ctx: click.Context | None, path: str | None = None):
+        super().__init__(message, ctx)
+        self.path = ctx.command_path if ctx is not None else path
+
     def show(self, file=None) -> None:
-        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        where = f" (see '{self.path} --help')" if self.path else ""
         click.echo(f"error: {self.message.rstrip('.').replace('. (', ' (')}{where}", err=True)
 
 
-def _one_line(exc: click.UsageError) -> click.UsageError:
+def _one_line(exc: click.UsageError, path: str | None = None) -> click.UsageError:
     if isinstance(exc, (OneLineUsage, NoArgsIsHelpError)):  # the help asked for by giving nothing stays
         return exc
-    return OneLineUsage(exc.format_message(), exc.ctx)
+    return OneLineUsage(exc.format_message(), exc.ctx, path)
 
 
 class _OneLineUsage:
     """Usage mistakes found while parsing (or by a command itself) become `OneLineUsage`."""
 
-    def make_context(self, *args, **kwargs) -> click.Context:
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
         try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as exc:
-            raise _one_line(exc) from None
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:  # some parse errors carry no context: the path is built here
+            raise _one_line(exc, f"{parent.command_path} {info_name}" if parent is not None else info_name) from None
 
     def invoke(self, ctx: click.Context):
         try:

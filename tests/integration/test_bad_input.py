@@ -177,6 +177,7 @@ def test_a_config_file_value_of_the_wrong_shape_gives_one_line(tmp_path):
     (["tokenize", "examples/sample.jsonl", "-o", "out", "--config", "missing.yaml"], "Invalid value for '--config'"),
     (["tokenize", "examples/sample.jsonl", "-o", "out", "--tokenizer", TOKENIZERS / "gpt2", "--columns", "a=b"],
      "--columns is for --recipe"),  # raised by the command itself
+    (["tokenize", "examples/sample.jsonl", "-o"], "Option '-o' requires an argument"),  # a parse error without context
     (["tokenise"], "No such command 'tokenise'"),
 ])
 def test_usage_mistakes_give_one_line_naming_the_help(tmp_path, args, message):
