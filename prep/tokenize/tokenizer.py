@@ -127,6 +127,17 @@ def _vocabulary(text: str) -> dict[str, int]:
     return _tables(text)[0]
 
 
+def _without_call_settings(text: str) -> str:
+    """The tokenizer.json without its `truncation` and `padding`: `tokenizer(text)` in transformers
+    applies neither unless the call asks, so a file that sets them (max_length 512, say) must not
+    cut or pad prep's documents."""
+    data = orjson.loads(text)
+    if data.get("truncation") is None and data.get("padding") is None:
+        return text
+    data["truncation"] = data["padding"] = None
+    return orjson.dumps(data).decode()
+
+
 def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = None) -> TokenizerSpec:
     """Resolve the tokenizer at `path` (folder or tokenizer.json) into a TokenizerSpec."""
     source = given = Path(path)
@@ -158,7 +169,7 @@ def load_spec(path: str, eod_token: str | None = None, bos_token: str | None = N
         raise PrepError(f"{path}: no such tokenizer folder or tokenizer.json")
     eod, bos = eod_token or eod, bos_token or bos
     spec = TokenizerSpec(
-        source=str(Path(path).resolve()), json=text, sha256=hashlib.sha256(text.encode()).hexdigest(),
+        source=str(Path(path).resolve()), json=_without_call_settings(text), sha256=hashlib.sha256(text.encode()).hexdigest(),
         vocab_size=vocab_size, eod_id=vocabulary.get(_content(eod)), bos_id=vocabulary.get(_content(bos)),
         special_ids={k: v for k, v in special.items() if v is not None}, chat_template=template,
         special_tokens_map=tokens_map, add_bos_token=add_bos,

@@ -118,3 +118,25 @@ def test_bare_tokenizer_json_finds_eos(tmp_path):
     lone.write_bytes((TOKENIZERS / "gpt2" / "tokenizer.json").read_bytes())
     spec = tok.load_spec(str(lone))
     assert spec.eod_id == 50256 and spec.vocab_size == 50257
+
+
+def test_a_tokenizer_json_that_sets_truncation_and_padding_cuts_and_pads_nothing(tmp_path):
+    """transformers' `tokenizer(text)` applies a file's truncation and padding only when the call
+    asks; prep's documents are neither cut at 8 tokens nor padded to 16."""
+    import shutil
+
+    from helpers import write_jsonl
+
+    folder = tmp_path / "tok"
+    shutil.copytree(TOKENIZERS / "gpt2", folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    data["padding"] = {"strategy": {"Fixed": 16}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 50256,
+                       "pad_type_id": 0, "pad_token": "<|endoftext|>"}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    corpus = write_jsonl(tmp_path / "c.jsonl", botchan_documents(40, seed=5))
+    prep("tokenize", corpus, "-o", tmp_path / "plain", "--tokenizer", TOKENIZERS / "gpt2")
+    for given in (folder, folder / "tokenizer.json"):
+        out = tmp_path / f"set_{given.name}"
+        result = prep("tokenize", corpus, "-o", out, "--tokenizer", given)
+        assert "differs" not in result.stderr and read_bytes(out) == read_bytes(tmp_path / "plain")
