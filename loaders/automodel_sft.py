@@ -138,11 +138,23 @@ class SFTItems(torch.utils.data.Dataset):
         self.options = dict(seq_length=seq_length, padding=padding, truncation=truncation, unshifted=unshifted,
                             max_length=max_length)
         self.manifest = m
+        self.skip_untrained = False
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> dict:
+        if not self.skip_untrained:
+            return self._item(i)
+        for _ in range(len(self.rows)):  # AutoModel's ColumnMapped dataset: an item with nothing trained gives the next
+            item = self._item(i)
+            if any(label != IGNORE for label in item["labels"]) if "labels" in item else any(item["loss_mask"]):
+                return item
+            i = (i + 1) % len(self.rows)
+        raise ValueError(f"{self.manifest['_dir']}: every sample has nothing to train once packaged (as AutoModel, which "
+                         "refuses such a dataset); check seq_length and truncation")
+
+    def _item(self, i: int) -> dict:
         row = self.rows[i]
         shard = int(np.searchsorted(self.shard_starts, row, "right")) - 1
         j = row - int(self.shard_starts[shard])
@@ -190,6 +202,7 @@ def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncatio
     if path is None:
         raise TypeError(f"{target}: name the prep output with path_or_dataset_id (or path)")
     items = SFTItems(path, tokenizer, seq_length, padding, truncation, unshifted, split, what, **decided)
+    items.skip_untrained = what == "instruction"
     if not prepacked:
         return items
     from loaders.automodel_packed import PrepackedItems

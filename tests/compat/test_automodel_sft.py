@@ -209,6 +209,8 @@ def test_instruction_items_equal_automodels_column_mapped_dataset(tmp_path, toke
 
     rows = [{"doc": LINES[i * 3].strip() or "Botchan.", "q": f"What is line {i} about?", "a": LINES[i * 3 + 1].strip() + " 日本"}
             for i in range(1, 40)]
+    rows[7]["doc"] = " ".join(LINES[40:60])  # cut at seq_length 40 below, nothing of it is trained
+    rows[12]["a"] = ""  # nothing to train (without a post-processor's EOS): AutoModel gives the next row instead
     corpus = write_jsonl(tmp_path / "inst.jsonl", rows)
     prep("tokenize", corpus, "-o", tmp_path / "out", "--recipe", "instruction", "--columns", "context=doc,question=q,answer=a",
          "--tokenizer", TOKENIZERS / tokenizer, "--mask-convention", "automodel")
@@ -218,3 +220,8 @@ def test_instruction_items_equal_automodels_column_mapped_dataset(tmp_path, toke
     assert len(ours) == len(theirs) == len(rows)
     for i in range(len(rows)):
         assert ours[i] == theirs[i], i
+    cut = dict(seq_length=40, padding="max_length", truncation=True)
+    theirs = ColumnMappedTextInstructionDataset(str(corpus), {"context": "doc", "question": "q", "answer": "a"}, tok, **cut)
+    ours = automodel.ColumnMappedTextInstructionDataset(str(tmp_path / "out"), tokenizer=tok, answer_only_loss_mask=True, **cut)
+    assert [ours[i] for i in range(len(rows))] == [theirs[i] for i in range(len(rows))]
+    assert ours[7] == ours[8]  # the long row's item is the next one's, as AutoModel's
