@@ -111,16 +111,17 @@ def _resolve_folder(source: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=2)
-def _tables(text: str) -> tuple[dict[str, int], list[dict]]:
-    """(token -> id over the model vocabulary plus added tokens, the added tokens) from
-    tokenizer.json, without building a tokenizer. Parsing a large vocabulary's JSON takes a
-    fifth of a second, so the spec and the probe share one parse."""
+def _tables(text: str) -> tuple[dict[str, int], list[dict], bool]:
+    """(token -> id over the model vocabulary plus added tokens, the added tokens, whether it sets
+    truncation or padding) from tokenizer.json, without building a tokenizer. Parsing a large
+    vocabulary's JSON takes a fifth of a second, so the spec and the probe share one parse."""
     data = orjson.loads(text)
     vocab = data["model"]["vocab"]
     if isinstance(vocab, list):  # Unigram: [[piece, score], ...] in id order
         vocab = {piece: i for i, (piece, _) in enumerate(vocab)}
     added = data.get("added_tokens", [])
-    return {**vocab, **{t["content"]: t["id"] for t in added}}, added
+    sets_call = data.get("truncation") is not None or data.get("padding") is not None
+    return {**vocab, **{t["content"]: t["id"] for t in added}}, added, sets_call
 
 
 def _vocabulary(text: str) -> dict[str, int]:
@@ -131,9 +132,9 @@ def _without_call_settings(text: str) -> str:
     """The tokenizer.json without its `truncation` and `padding`: `tokenizer(text)` in transformers
     applies neither unless the call asks, so a file that sets them (max_length 512, say) must not
     cut or pad prep's documents."""
-    data = orjson.loads(text)
-    if data.get("truncation") is None and data.get("padding") is None:
+    if not _tables(text)[2]:  # the parse the vocabulary needs anyway says so
         return text
+    data = orjson.loads(text)
     data["truncation"] = data["padding"] = None
     return orjson.dumps(data).decode()
 
