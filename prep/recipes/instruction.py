@@ -70,11 +70,11 @@ class InstructionRecipe(SFTRecipe):
         return {"automodel": {"before": before, "after": after, "prompt_bos": int(spec.add_bos_token)}}
 
     def encode_samples(self, rendered, encoder):
-        encoded = super().encode_samples(rendered, encoder)
         if self.job.get("automodel") is None:
-            return encoded
-        _, offsets = encoder.encode([text[:spans[0][0]] for text, spans in rendered])  # each prompt alone
-        return list(zip(encoded, np.diff(offsets).tolist()))
+            return super().encode_samples(rendered, encoder)
+        n = len(rendered)  # one call: the samples, then each prompt alone (its token count is all that is kept)
+        ids, offsets = encoder.encode([text for text, _ in rendered] + [text[:spans[0][0]] for text, spans in rendered])
+        return [(ids[offsets[k]:offsets[k + 1]], int(offsets[n + k + 1] - offsets[n + k])) for k in range(n)]
 
     def sample_and_mask(self, text, spans, ids):
         """With --mask-convention automodel, NeMo AutoModel's format_prompt_completion: the ids of
