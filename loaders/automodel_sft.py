@@ -138,7 +138,8 @@ class SFTItems(torch.utils.data.Dataset):
         self.options = dict(seq_length=seq_length, padding=padding, truncation=truncation, unshifted=unshifted,
                             max_length=max_length)
         self.manifest = m
-        self.skip_untrained = False
+        # AutoModel's ColumnMapped dataset gives the next item for one with nothing trained
+        self.skip_untrained = what == "instruction"
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -146,7 +147,7 @@ class SFTItems(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         if not self.skip_untrained:
             return self._item(i)
-        for _ in range(len(self.rows)):  # AutoModel's ColumnMapped dataset: an item with nothing trained gives the next
+        for _ in range(len(self.rows)):
             item = self._item(i)
             if any(label != IGNORE for label in item["labels"]) if "labels" in item else any(item["loss_mask"]):
                 return item
@@ -202,7 +203,6 @@ def _sft(target: str, what: str, path, tokenizer, seq_length, padding, truncatio
     if path is None:
         raise TypeError(f"{target}: name the prep output with path_or_dataset_id (or path)")
     items = SFTItems(path, tokenizer, seq_length, padding, truncation, unshifted, split, what, **decided)
-    items.skip_untrained = what == "instruction"
     if not prepacked:
         return items
     from loaders.automodel_packed import PrepackedItems
